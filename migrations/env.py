@@ -1,0 +1,74 @@
+"""Alembic environment for mofa-persist.
+
+Two ways in:
+- ``mofa_persist.connect(migrate=True)`` (and the CLI) pass an open connection in
+  ``config.attributes["connection"]``, already inside the migration lock's transaction;
+- the ``alembic`` command builds its own engine from ``DATABASE_URL`` and takes the same lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from mofa_persist.engine import create_engine
+from mofa_persist.migrate import run_locked
+from mofa_persist.models import Base
+from mofa_persist.urls import parse_url
+
+config = context.config
+target_metadata = Base.metadata
+DEFAULT_URL = "sqlite://mofa.db"
+
+if config.config_file_name is not None and config.attributes.get("connection") is None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def _configure(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=True,  # ALTER on SQLite by copy-and-move; no effect elsewhere
+        compare_type=True,
+    )
+
+
+def run_on_connection(connection: Connection) -> None:
+    _configure(connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_with_own_engine() -> None:
+    url = parse_url(os.environ.get("DATABASE_URL") or DEFAULT_URL)
+    engine = create_engine(url, use_null_pool=True, enforce_foreign_keys=False)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(run_locked, run_on_connection)
+    finally:
+        await engine.dispose()
+
+
+def run_offline() -> None:
+    url = parse_url(os.environ.get("DATABASE_URL") or DEFAULT_URL)
+    context.configure(
+        url=url.sa_url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_offline()
+elif (given := config.attributes.get("connection")) is not None:
+    run_on_connection(given)
+else:
+    asyncio.run(run_with_own_engine())

@@ -1,0 +1,52 @@
+"""mofa-persist: durable memory for LLM agents.
+
+Sessions that survive restarts, conversation history that becomes the agent's context, and agent
+state recovered after a crash, on PostgreSQL, MySQL/MariaDB, SQLite or in memory.
+
+    store = await mofa_persist.connect("sqlite://mofa.db")
+    session = await store.create_session(title="hello")
+    await store.append_message(session.id, "user", "Hi!")
+"""
+
+from .errors import (
+    BackendError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PersistenceError,
+)
+from .records import AgentState, Message, Page, Session, Turn
+from .store import (
+    UNSET,
+    MemoryStore,
+    MySqlStore,
+    PostgresStore,
+    Scope,
+    SqliteStore,
+    Store,
+    connect,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNSET",
+    "AgentState",
+    "BackendError",
+    "ConflictError",
+    "InvalidInputError",
+    "MemoryStore",
+    "Message",
+    "MySqlStore",
+    "NotFoundError",
+    "Page",
+    "PersistenceError",
+    "PostgresStore",
+    "Scope",
+    "Session",
+    "SqliteStore",
+    "Store",
+    "Turn",
+    "__version__",
+    "connect",
+]

@@ -1,0 +1,102 @@
+"""The schema: typed declarative models of ``sessions``, ``messages`` and ``agent_state``.
+
+The models are the one source of the schema. Alembic migrations are written against them (a
+test checks there is no drift); the store's hot paths use their ``__table__`` with Core.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import JSONDocument, LongText, UTCDateTime
+
+# One naming convention so every constraint and index has a stable name that Alembic can
+# compare and drop the same way on every dialect.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# MySQL/MariaDB: InnoDB for foreign keys and transactions, utf8mb4 so emoji are stored exactly.
+MYSQL_TABLE_ARGS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONDocument,
+        str: String(255),
+    }
+
+
+class SessionRow(Base):
+    """A conversation; also the per-session counters that keep ``seq`` and versions gap-free."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    user_id: Mapped[uuid.UUID | None]
+    tenant_id: Mapped[uuid.UUID | None]
+    agent_id: Mapped[uuid.UUID | None]
+    title: Mapped[str | None] = mapped_column(String(500))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata")
+    # Bookkeeping: the writer that bumps these holds the session row's lock until commit,
+    # which is what serializes appends to one session across processes.
+    last_seq: Mapped[int] = mapped_column(Integer, server_default="0")
+    state_version: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        # Newest-first listings: each filter combination walks one index in order, so the
+        # cost of a page does not depend on how many sessions are stored.
+        Index(None, "tenant_id", "user_id", "agent_id", "updated_at", "id"),
+        Index(None, "user_id", "updated_at", "id"),
+        Index(None, "tenant_id", "updated_at", "id"),
+        Index(None, "updated_at", "id"),
+        MYSQL_TABLE_ARGS,
+    )
+
+
+class MessageRow(Base):
+    """One message; ``(session_id, seq)`` is unique and serves 'newest N' as an index scan."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(LongText)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata")
+    created_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("session_id", "seq"), MYSQL_TABLE_ARGS)
+
+
+class AgentStateRow(Base):
+    """One snapshot of an agent's state; ``(session_id, version)`` is unique."""
+
+    __tablename__ = "agent_state"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("session_id", "version"), MYSQL_TABLE_ARGS)
+
+
+sessions_table = SessionRow.__table__
+messages_table = MessageRow.__table__
+agent_state_table = AgentStateRow.__table__

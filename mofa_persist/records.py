@@ -1,0 +1,75 @@
+"""Immutable records returned by the store.
+
+They are plain frozen dataclasses, detached from any database session, so they can be cached,
+logged or sent across tasks freely.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One conversation of a user with an agent."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID | None
+    tenant_id: uuid.UUID | None
+    agent_id: uuid.UUID | None
+    title: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    #: ``seq`` of the newest message ever appended (0 for none); messages pruned later keep it.
+    last_seq: int = 0
+    #: ``version`` of the newest saved state (0 for none).
+    state_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a session; ``seq`` numbers a session's messages 1, 2, 3, ... without gaps."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    seq: int
+    role: str
+    content: str
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """One saved snapshot of an agent's state; ``version`` counts 1, 2, 3, ... per session."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    version: int
+    state: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What :meth:`Store.record_turn` stored: the messages and the state snapshot, if any."""
+
+    messages: list[Message]
+    state: AgentState | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a keyset-paginated listing; pass ``next_cursor`` back for the next page."""
+
+    items: list[T] = field(default_factory=list)
+    next_cursor: str | None = None

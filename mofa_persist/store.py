@@ -1,0 +1,963 @@
+"""The repository layer: the session API that agents use, over one ``AsyncEngine``.
+
+One class does the work for every backend; the MoFA names (``PostgresStore``, ``MySqlStore``,
+``SqliteStore``, ``MemoryStore``) only choose which URLs they accept. Dialect differences are
+small flags read off the engine's dialect.
+
+Every public method is one unit of work: validate, then one transaction, then translate any
+failure into :mod:`mofa_persist.errors`. Writes that lose a lock race (deadlock, serialization
+failure, lock timeout, SQLite busy) are retried here, because their transaction was rolled back
+whole; a failure while committing is never retried, because the outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import os
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Final, Self, TypeVar
+
+from sqlalchemy import Row, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from . import migrate as migrations
+from .engine import SQLITE_READ_ONLY, create_engine
+from .errors import (
+    BackendError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PersistenceError,
+)
+from .ids import uuid7
+from .models import agent_state_table, messages_table, sessions_table
+from .records import AgentState, Message, Page, Session, Turn
+from .translate import DRIVER_ERRORS, Failure, classify, to_backend_error
+from .urls import DatabaseUrl, Kind, parse_url
+from .validate import (
+    EncodedJSON,
+    check_limit,
+    check_role,
+    check_text,
+    check_title,
+    coerce_uuid,
+    encode_document,
+    require_uuid,
+)
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection], Awaitable[T]]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+_MAX_ATTEMPTS = 10
+_DEFAULT_PAGE = 50
+_CURSOR_PREFIX = "v1."
+
+s_t = sessions_table
+m_t = messages_table
+a_t = agent_state_table
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The tenant (and user) a scoped store is restricted to; ``None`` means unrestricted."""
+
+    tenant_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+
+
+class _Backend:
+    """What all views of one connected store share: the engine and its locks."""
+
+    def __init__(self, url: DatabaseUrl, engine: AsyncEngine) -> None:
+        self.url = url
+        self.engine = engine
+        self.closed = False
+        self.update_returning = bool(engine.dialect.update_returning)
+        self.is_sqlite = url.kind in ("sqlite", "memory")
+        # The in-memory database is one shared connection: every unit of work takes turns.
+        # A SQLite file has one writer at a time anyway; queueing writers of this process
+        # here is cheaper than spinning on the file lock.
+        self._all_lock = asyncio.Lock() if url.kind == "memory" else None
+        self._write_lock = asyncio.Lock() if url.kind == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def turn(self, write: bool) -> AsyncIterator[None]:
+        lock = self._all_lock or (self._write_lock if write else None)
+        if lock is None:
+            yield
+            return
+        async with lock:
+            yield
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _loads(encoded: EncodedJSON) -> dict[str, Any]:
+    """A private copy of a validated document, as a later read would return it."""
+    if encoded == "{}":
+        return {}
+    result: dict[str, Any] = json.loads(encoded)
+    return result
+
+
+def _session_record(row: Row[Any]) -> Session:
+    return Session(
+        id=row.id,
+        user_id=row.user_id,
+        tenant_id=row.tenant_id,
+        agent_id=row.agent_id,
+        title=row.title,
+        metadata=row.metadata,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_seq=row.last_seq,
+        state_version=row.state_version,
+    )
+
+
+def _message_record(row: Row[Any]) -> Message:
+    return Message(
+        id=row.id,
+        session_id=row.session_id,
+        seq=row.seq,
+        role=row.role,
+        content=row.content,
+        metadata=row.metadata,
+        created_at=row.created_at,
+    )
+
+
+def _state_record(row: Row[Any]) -> AgentState:
+    return AgentState(
+        id=row.id,
+        session_id=row.session_id,
+        version=row.version,
+        state=row.state,
+        created_at=row.created_at,
+    )
+
+
+def _encode_cursor(updated_at: datetime, session_id: uuid.UUID) -> str:
+    raw = f"{updated_at.isoformat()}|{session_id.hex}".encode()
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: object) -> tuple[datetime, uuid.UUID]:
+    if not isinstance(cursor, str) or not cursor.startswith(_CURSOR_PREFIX):
+        raise InvalidInputError("cursor is malformed: pass a page's next_cursor unchanged")
+    body = cursor[len(_CURSOR_PREFIX) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        stamp, hex_id = raw.split("|")
+        updated_at = datetime.fromisoformat(stamp)
+        session_id = uuid.UUID(hex=hex_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInputError(
+            "cursor is malformed: pass a page's next_cursor unchanged"
+        ) from None
+    if updated_at.tzinfo is None:
+        raise InvalidInputError("cursor is malformed: pass a page's next_cursor unchanged")
+    return updated_at, session_id
+
+
+@dataclass(frozen=True, slots=True)
+class _NewMessage:
+    role: str
+    content: str
+    metadata: EncodedJSON
+
+
+class Store:
+    """Sessions, messages and agent state in one database.
+
+    Get one with ``await Store.connect(url)`` (or :func:`mofa_persist.connect`); use it as an
+    async context manager or call :meth:`close`. It is safe to share between tasks.
+    """
+
+    #: Backends this class accepts; ``None`` accepts all.
+    accepted_kinds: ClassVar[tuple[Kind, ...] | None] = None
+    #: URL used when none is given and ``DATABASE_URL`` is unset.
+    default_url: ClassVar[str | None] = "memory://"
+
+    def __init__(self, backend: _Backend, scope: Scope | None = None, *, owner: bool = True):
+        self._backend = backend
+        self._scope = scope or Scope()
+        self._owner = owner
+        self._exact_floats = backend.url.kind == "postgresql"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | None = None,
+        *,
+        migrate: bool = True,
+        connect_timeout: float = 10.0,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+    ) -> Self:
+        """Connect to ``url`` (default: ``DATABASE_URL``, else ``default_url``).
+
+        With ``migrate=True`` the schema is brought to the newest revision first, under a
+        lock, so many processes may connect to a fresh database at once. Raises
+        ``InvalidInputError`` for a URL this class does not accept and ``BackendError`` when
+        the database cannot be reached within ``connect_timeout`` seconds.
+        """
+        if url is None:
+            url = os.environ.get("DATABASE_URL") or cls.default_url
+            if url is None:
+                raise InvalidInputError(f"{cls.__name__}.connect() needs a URL or DATABASE_URL")
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)):
+            raise InvalidInputError("connect_timeout must be a number of seconds")
+        if connect_timeout <= 0:
+            raise InvalidInputError("connect_timeout must be positive")
+        parsed = parse_url(url, allowed=cls.accepted_kinds)
+        store_class = cls if cls.accepted_kinds is not None else _store_class_for(parsed.kind)
+        if parsed.kind == "sqlite":
+            _ensure_parent_folder(parsed)
+        engine = create_engine(
+            parsed,
+            connect_timeout=float(connect_timeout),
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
+        store = store_class(_Backend(parsed, engine))
+        try:
+            await store._open(migrate=migrate, connect_timeout=float(connect_timeout))
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def _open(self, *, migrate: bool, connect_timeout: float) -> None:
+        url = self._backend.url
+        try:
+            if not migrate:
+                async with asyncio.timeout(connect_timeout * 2):
+                    async with self._backend.engine.connect() as conn:
+                        await conn.exec_driver_sql("SELECT 1")
+                return
+            if url.kind == "memory":
+                # The database lives in the store's one connection: migrate on it.
+                await migrations.upgrade(self._backend.engine)
+                return
+            engine = create_engine(
+                url,
+                connect_timeout=connect_timeout,
+                use_null_pool=True,
+                enforce_foreign_keys=False,
+            )
+            try:
+                await migrations.upgrade(engine)
+            finally:
+                await engine.dispose()
+        except PersistenceError:
+            raise
+        except TimeoutError as error:
+            raise BackendError(
+                f"timed out after {connect_timeout:g}s connecting to the {url.kind} database "
+                f"at {url.host}/{url.database}",
+                host=url.host,
+                database=url.database,
+            ) from error
+        except DRIVER_ERRORS as error:
+            raise to_backend_error(error, url, "connect") from error
+
+    async def close(self) -> None:
+        """Close the store's connections. Views made by :meth:`scoped` share them."""
+        if self._owner and not self._backend.closed:
+            self._backend.closed = True
+            await self._backend.engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        scope = ""
+        if self._scope.tenant_id is not None:
+            scope = f", tenant_id={self._scope.tenant_id}"
+            if self._scope.user_id is not None:
+                scope += f", user_id={self._scope.user_id}"
+        return f"{type(self).__name__}({self._backend.url.display!r}{scope})"
+
+    @property
+    def url(self) -> DatabaseUrl:
+        """Where the store points (``url.display`` masks the password)."""
+        return self._backend.url
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying SQLAlchemy engine, for tools that need Core access."""
+        return self._backend.engine
+
+    @property
+    def scope(self) -> Scope:
+        return self._scope
+
+    def scoped(self, *, tenant_id: uuid.UUID | str, user_id: uuid.UUID | str | None = None) -> Self:
+        """The same API restricted to one tenant (and user), sharing this store's connections.
+
+        A scoped store creates sessions in its scope, lists only them, and answers
+        ``NotFoundError`` for any other session id.
+        """
+        tenant = require_uuid("tenant_id", tenant_id)
+        user = coerce_uuid("user_id", user_id, optional=True)
+        if self._scope.tenant_id is not None and self._scope.tenant_id != tenant:
+            raise InvalidInputError("a scoped store cannot be re-scoped to another tenant")
+        if self._scope.user_id is not None:
+            if user is not None and user != self._scope.user_id:
+                raise InvalidInputError("a store scoped to a user cannot be re-scoped to another")
+            user = self._scope.user_id
+        return type(self)(self._backend, Scope(tenant, user), owner=False)
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create_session(
+        self,
+        *,
+        user_id: uuid.UUID | str | None = None,
+        tenant_id: uuid.UUID | str | None = None,
+        agent_id: uuid.UUID | str | None = None,
+        session_id: uuid.UUID | str | None = None,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """Create a session (id: ``session_id`` or a new UUIDv7).
+
+        Raises ``ConflictError`` if ``session_id`` is already taken.
+        """
+        tenant = self._in_scope("tenant_id", coerce_uuid("tenant_id", tenant_id, optional=True))
+        user = self._in_scope("user_id", coerce_uuid("user_id", user_id, optional=True))
+        agent = coerce_uuid("agent_id", agent_id, optional=True)
+        new_id = coerce_uuid("session_id", session_id, optional=True) or uuid7()
+        checked_title = check_title(title)
+        meta = self._encode("metadata", metadata)
+        now = _now()
+        values = {
+            "id": new_id,
+            "user_id": user,
+            "tenant_id": tenant,
+            "agent_id": agent,
+            "title": checked_title,
+            "metadata": meta,
+            "last_seq": 0,
+            "state_version": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(insert(s_t), values)
+
+        try:
+            await self._run(work, write=True, action="create a session")
+        except ConflictError:
+            raise ConflictError(f"session {new_id} already exists") from None
+        return Session(
+            id=new_id,
+            user_id=user,
+            tenant_id=tenant,
+            agent_id=agent,
+            title=checked_title,
+            metadata=_loads(meta),
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def get_session(self, session_id: uuid.UUID | str) -> Session:
+        """The session; ``NotFoundError`` if it does not exist or is outside the scope."""
+        sid = require_uuid("session_id", session_id)
+
+        async def work(conn: AsyncConnection) -> Session:
+            row = (await conn.execute(select(s_t).where(*self._session_filter(sid)))).first()
+            if row is None:
+                raise self._not_found(sid)
+            return _session_record(row)
+
+        return await self._run(work, write=False, action="read a session")
+
+    async def update_session(
+        self,
+        session_id: uuid.UUID | str,
+        *,
+        title: str | None | _Unset = UNSET,
+        metadata: Mapping[str, Any] | _Unset = UNSET,
+    ) -> Session:
+        """Change the title and/or replace the metadata; ``updated_at`` moves."""
+        sid = require_uuid("session_id", session_id)
+        values: dict[str, Any] = {"updated_at": _now()}
+        if not isinstance(title, _Unset):
+            values["title"] = check_title(title)
+        if not isinstance(metadata, _Unset):
+            values["metadata"] = self._encode("metadata", metadata)
+
+        async def work(conn: AsyncConnection) -> Session:
+            stmt = update(s_t).where(*self._session_filter(sid)).values(values)
+            if (await conn.execute(stmt)).rowcount == 0:
+                raise self._not_found(sid)
+            row = (await conn.execute(select(s_t).where(s_t.c.id == sid))).one()
+            return _session_record(row)
+
+        return await self._run(work, write=True, action="update a session")
+
+    async def delete_session(self, session_id: uuid.UUID | str) -> None:
+        """Delete the session with its messages and states (one statement, cascading)."""
+        sid = require_uuid("session_id", session_id)
+
+        async def work(conn: AsyncConnection) -> None:
+            result = await conn.execute(delete(s_t).where(*self._session_filter(sid)))
+            if result.rowcount == 0:
+                raise self._not_found(sid)
+
+        await self._run(work, write=True, action="delete a session")
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: uuid.UUID | str | None = None,
+        tenant_id: uuid.UUID | str | None = None,
+        agent_id: uuid.UUID | str | None = None,
+        limit: int = _DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> Page[Session]:
+        """Sessions newest ``updated_at`` first, one page at a time (keyset pagination).
+
+        Filters combine with AND and with the store's scope. ``next_cursor`` is ``None`` on
+        the last page. A page costs the same however many sessions are stored.
+        """
+        filters: list[ColumnElement[bool]] = self._scope_filter()
+        for name, value in (("user_id", user_id), ("tenant_id", tenant_id), ("agent_id", agent_id)):
+            checked = coerce_uuid(name, value, optional=True)
+            if checked is not None:
+                filters.append(s_t.c[name] == checked)
+        page_size = check_limit("limit", limit, optional=False)
+        assert page_size is not None
+        if cursor is not None:
+            after_updated, after_id = _decode_cursor(cursor)
+            # The first term bounds the index range; the second only breaks ties.
+            filters.append(s_t.c.updated_at <= after_updated)
+            filters.append(or_(s_t.c.updated_at < after_updated, s_t.c.id < after_id))
+        if page_size == 0:
+            return Page([], None)
+        stmt = (
+            select(s_t)
+            .where(*filters)
+            .order_by(s_t.c.updated_at.desc(), s_t.c.id.desc())
+            .limit(page_size + 1)
+        )
+
+        async def work(conn: AsyncConnection) -> Page[Session]:
+            rows = (await conn.execute(stmt)).all()
+            items = [_session_record(row) for row in rows[:page_size]]
+            next_cursor = None
+            if len(rows) > page_size:
+                last = items[-1]
+                next_cursor = _encode_cursor(last.updated_at, last.id)
+            return Page(items, next_cursor)
+
+        return await self._run(work, write=False, action="list sessions")
+
+    # ------------------------------------------------------------------ messages
+
+    async def append_message(
+        self,
+        session_id: uuid.UUID | str,
+        role: str,
+        content: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """Append one message; it gets the session's next ``seq``."""
+        sid = require_uuid("session_id", session_id)
+        item = _NewMessage(
+            check_role(role), check_text("content", content), self._encode("metadata", metadata)
+        )
+        messages, _ = await self._write_turn(sid, [item], None, None, "append a message")
+        return messages[0]
+
+    async def append_messages(
+        self, session_id: uuid.UUID | str, items: Iterable[Mapping[str, Any]]
+    ) -> list[Message]:
+        """Append several messages in one transaction: all of them or none."""
+        sid = require_uuid("session_id", session_id)
+        checked = self._check_items(items)
+        if not checked:
+            await self.get_session(sid)
+            return []
+        messages, _ = await self._write_turn(sid, checked, None, None, "append messages")
+        return messages
+
+    async def get_messages(
+        self,
+        session_id: uuid.UUID | str,
+        *,
+        limit: int | None = None,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> list[Message]:
+        """Messages in ascending ``seq``.
+
+        With ``limit`` and no ``after_seq`` these are the newest ``limit`` messages (before
+        ``before_seq`` if given): an agent's context window, read from the index's end, so
+        the cost does not grow with the history. With ``after_seq`` they are the oldest
+        ``limit`` messages after it, for paging forward.
+        """
+        sid = require_uuid("session_id", session_id)
+        count = check_limit("limit", limit)
+        before = check_limit("before_seq", before_seq)
+        after = check_limit("after_seq", after_seq)
+        if count == 0:
+            await self.get_session(sid)
+            return []
+        stmt = select(m_t).where(m_t.c.session_id == sid, *self._scope_exists(sid))
+        if before is not None:
+            stmt = stmt.where(m_t.c.seq < before)
+        if after is not None:
+            stmt = stmt.where(m_t.c.seq > after)
+        newest_first = count is not None and after is None
+        stmt = stmt.order_by(m_t.c.seq.desc() if newest_first else m_t.c.seq.asc())
+        if count is not None:
+            stmt = stmt.limit(count)
+
+        async def work(conn: AsyncConnection) -> list[Message]:
+            rows = (await conn.execute(stmt)).all()
+            if not rows:
+                await self._require_session(conn, sid)
+                return []
+            messages = [_message_record(row) for row in rows]
+            if newest_first:
+                messages.reverse()
+            return messages
+
+        return await self._run(work, write=False, action="read messages")
+
+    async def count_messages(self, session_id: uuid.UUID | str) -> int:
+        sid = require_uuid("session_id", session_id)
+        stmt = select(func.count()).where(m_t.c.session_id == sid, *self._scope_exists(sid))
+
+        async def work(conn: AsyncConnection) -> int:
+            count = int((await conn.execute(stmt)).scalar_one())
+            if count == 0:
+                await self._require_session(conn, sid)
+            return count
+
+        return await self._run(work, write=False, action="count messages")
+
+    # ------------------------------------------------------------------ state
+
+    async def save_state(
+        self,
+        session_id: uuid.UUID | str,
+        state: Mapping[str, Any],
+        *,
+        expected_version: int | None = None,
+    ) -> AgentState:
+        """Save a new state snapshot as version = previous + 1.
+
+        With ``expected_version``, the save happens only if that is still the current version
+        (0 for a session without state); otherwise ``ConflictError``.
+        """
+        sid = require_uuid("session_id", session_id)
+        encoded = self._encode("state", state, allow_none=False)
+        expected = check_limit("expected_version", expected_version)
+        _, saved = await self._write_turn(sid, [], encoded, expected, "save state")
+        assert saved is not None
+        return saved
+
+    async def load_state(
+        self, session_id: uuid.UUID | str, *, version: int | None = None
+    ) -> AgentState | None:
+        """The newest state (or ``version``); ``None`` if the session has no state yet.
+
+        ``NotFoundError`` if an explicitly requested ``version`` does not exist.
+        """
+        sid = require_uuid("session_id", session_id)
+        wanted = check_limit("version", version)
+        stmt = select(a_t).where(a_t.c.session_id == sid, *self._scope_exists(sid))
+        if wanted is not None:
+            stmt = stmt.where(a_t.c.version == wanted)
+        stmt = stmt.order_by(a_t.c.version.desc()).limit(1)
+
+        async def work(conn: AsyncConnection) -> AgentState | None:
+            row = (await conn.execute(stmt)).first()
+            if row is not None:
+                return _state_record(row)
+            await self._require_session(conn, sid)
+            if wanted is not None:
+                raise NotFoundError(f"session {sid} has no state version {wanted}")
+            return None
+
+        return await self._run(work, write=False, action="load state")
+
+    async def list_states(
+        self, session_id: uuid.UUID | str, *, limit: int | None = _DEFAULT_PAGE
+    ) -> list[AgentState]:
+        """Saved states, newest version first."""
+        sid = require_uuid("session_id", session_id)
+        count = check_limit("limit", limit)
+        stmt = (
+            select(a_t)
+            .where(a_t.c.session_id == sid, *self._scope_exists(sid))
+            .order_by(a_t.c.version.desc())
+        )
+        if count is not None:
+            stmt = stmt.limit(count)
+
+        async def work(conn: AsyncConnection) -> list[AgentState]:
+            rows = (await conn.execute(stmt)).all()
+            if not rows:
+                await self._require_session(conn, sid)
+            return [_state_record(row) for row in rows]
+
+        return await self._run(work, write=False, action="list states")
+
+    # ------------------------------------------------------------------ turns
+
+    async def record_turn(
+        self,
+        session_id: uuid.UUID | str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        state: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+    ) -> Turn:
+        """Store a turn's messages and state snapshot in ONE transaction: all or nothing.
+
+        ``expected_version`` guards the state save as in :meth:`save_state`.
+        """
+        sid = require_uuid("session_id", session_id)
+        checked = self._check_items(messages)
+        encoded = None if state is None else self._encode("state", state, allow_none=False)
+        expected = check_limit("expected_version", expected_version)
+        if expected is not None and encoded is None:
+            raise InvalidInputError("expected_version needs a state to save")
+        if not checked and encoded is None:
+            raise InvalidInputError("a turn needs at least one message or a state")
+        stored, saved = await self._write_turn(sid, checked, encoded, expected, "record a turn")
+        return Turn(stored, saved)
+
+    # ------------------------------------------------------------------ internals
+
+    async def _write_turn(
+        self,
+        sid: uuid.UUID,
+        items: Sequence[_NewMessage],
+        state: EncodedJSON | None,
+        expected_version: int | None,
+        action: str,
+    ) -> tuple[list[Message], AgentState | None]:
+        """Bump the session's counters (taking its row lock), then insert rows: one transaction."""
+        count = len(items)
+
+        async def work(conn: AsyncConnection) -> tuple[list[Message], AgentState | None]:
+            now = _now()
+            last_seq, version = await self._bump(conn, sid, count, state is not None,
+                                                 expected_version, now)
+            first = last_seq - count + 1
+            message_rows = [
+                {
+                    "id": uuid7(),
+                    "session_id": sid,
+                    "seq": first + offset,
+                    "role": item.role,
+                    "content": item.content,
+                    "metadata": item.metadata,
+                    "created_at": now,
+                }
+                for offset, item in enumerate(items)
+            ]
+            if message_rows:
+                await conn.execute(insert(m_t), message_rows)
+            state_row = None
+            if state is not None:
+                state_row = {
+                    "id": uuid7(),
+                    "session_id": sid,
+                    "version": version,
+                    "state": state,
+                    "created_at": now,
+                }
+                await conn.execute(insert(a_t), state_row)
+            stored = [
+                Message(
+                    id=row["id"],
+                    session_id=sid,
+                    seq=row["seq"],
+                    role=row["role"],
+                    content=row["content"],
+                    metadata=_loads(row["metadata"]),
+                    created_at=now,
+                )
+                for row in message_rows
+            ]
+            saved = None
+            if state_row is not None:
+                saved = AgentState(state_row["id"], sid, version, _loads(state), now)
+            return stored, saved
+
+        return await self._run(work, write=True, action=action)
+
+    async def _bump(
+        self,
+        conn: AsyncConnection,
+        sid: uuid.UUID,
+        messages: int,
+        with_state: bool,
+        expected_version: int | None,
+        now: datetime,
+    ) -> tuple[int, int]:
+        """Reserve ``messages`` seq numbers (and a state version); returns the new counters.
+
+        The UPDATE locks the session row until commit, so concurrent writers to one session
+        queue here and seq stays gap-free; a rolled-back turn releases its numbers.
+        """
+        values: dict[str, Any] = {"updated_at": now}
+        if messages:
+            values["last_seq"] = s_t.c.last_seq + messages
+        if with_state:
+            values["state_version"] = s_t.c.state_version + 1
+        stmt = update(s_t).where(*self._session_filter(sid)).values(values)
+        if expected_version is not None:
+            stmt = stmt.where(s_t.c.state_version == expected_version)
+        row: Row[Any] | None
+        if self._backend.update_returning:
+            result = await conn.execute(stmt.returning(s_t.c.last_seq, s_t.c.state_version))
+            row = result.first()
+        else:
+            row = None
+            if (await conn.execute(stmt)).rowcount:
+                counters = select(s_t.c.last_seq, s_t.c.state_version).where(s_t.c.id == sid)
+                row = (await conn.execute(counters)).first()
+        if row is None:
+            current = (
+                await conn.execute(
+                    select(s_t.c.state_version).where(*self._session_filter(sid))
+                )
+            ).first()
+            if current is None:
+                raise self._not_found(sid)
+            raise ConflictError(
+                f"session {sid} is at state version {current.state_version}, "
+                f"not the expected {expected_version}"
+            )
+        return int(row.last_seq), int(row.state_version)
+
+    async def _run(self, work: Work[T], *, write: bool, action: str) -> T:
+        """Run ``work`` in one transaction, retrying where that is known to be safe."""
+        backend = self._backend
+        if backend.closed:
+            raise BackendError(f"{self!r} is closed", host=backend.url.host,
+                               database=backend.url.database)
+        attempt = 0
+        while True:
+            attempt += 1
+            committing = False
+            try:
+                async with backend.turn(write), backend.engine.connect() as conn:
+                    if backend.is_sqlite and not write:
+                        await conn.execution_options(**{SQLITE_READ_ONLY: True})
+                    transaction = await conn.begin()
+                    try:
+                        result = await work(conn)
+                    except BaseException:
+                        with contextlib.suppress(*DRIVER_ERRORS):
+                            await transaction.rollback()
+                        raise
+                    committing = True
+                    await transaction.commit()
+                    return result
+            except PersistenceError:
+                raise
+            except DRIVER_ERRORS as error:
+                failure = classify(error)
+                if failure is Failure.UNIQUE:
+                    raise ConflictError(f"could not {action}: a unique key is taken") from error
+                safe = failure is Failure.RETRYABLE or (
+                    failure is Failure.CONNECTION and not committing
+                )
+                if safe and attempt < _MAX_ATTEMPTS:
+                    # Exponential backoff with jitter, capped: lock races clear in milliseconds.
+                    await asyncio.sleep(min(0.5, 0.005 * 2**attempt) * (0.5 + random.random()))
+                    continue
+                raise to_backend_error(error, backend.url, action) from error
+
+    def _check_items(self, items: Iterable[Mapping[str, Any]]) -> list[_NewMessage]:
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+            raise InvalidInputError("messages must be a list of mappings with role and content")
+        checked = []
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise InvalidInputError(
+                    f"messages[{index}] must be a mapping, not {type(item).__name__}"
+                )
+            unknown = set(item) - {"role", "content", "metadata"}
+            if unknown:
+                raise InvalidInputError(
+                    f"messages[{index}] has unknown keys {sorted(map(str, unknown))}; "
+                    "use role, content and metadata"
+                )
+            if "role" not in item or "content" not in item:
+                raise InvalidInputError(f"messages[{index}] needs role and content")
+            checked.append(
+                _NewMessage(
+                    check_role(item["role"]),
+                    check_text(f"messages[{index}].content", item["content"]),
+                    self._encode(f"messages[{index}].metadata", item.get("metadata")),
+                )
+            )
+        return checked
+
+    def _encode(self, name: str, value: object, *, allow_none: bool = True) -> EncodedJSON:
+        if value is None and not allow_none:
+            raise InvalidInputError(f"{name} must be a dict, not None")
+        if isinstance(value, Mapping) and not isinstance(value, dict):
+            value = dict(value)
+        return encode_document(name, value, exact_floats=self._exact_floats)
+
+    def _in_scope(self, name: str, value: uuid.UUID | None) -> uuid.UUID | None:
+        scoped: uuid.UUID | None = getattr(self._scope, name)
+        if scoped is None:
+            return value
+        if value is not None and value != scoped:
+            raise InvalidInputError(f"{name} {value} is outside this store's scope")
+        return scoped
+
+    def _scope_filter(self) -> list[ColumnElement[bool]]:
+        filters: list[ColumnElement[bool]] = []
+        if self._scope.tenant_id is not None:
+            filters.append(s_t.c.tenant_id == self._scope.tenant_id)
+        if self._scope.user_id is not None:
+            filters.append(s_t.c.user_id == self._scope.user_id)
+        return filters
+
+    def _session_filter(self, sid: uuid.UUID) -> list[ColumnElement[bool]]:
+        return [s_t.c.id == sid, *self._scope_filter()]
+
+    def _scope_exists(self, sid: uuid.UUID) -> list[ColumnElement[bool]]:
+        """For queries on child tables: nothing when unscoped, else an EXISTS on the session."""
+        if self._scope.tenant_id is None:
+            return []
+        return [exists().where(and_(*self._session_filter(sid)))]
+
+    async def _require_session(self, conn: AsyncConnection, sid: uuid.UUID) -> None:
+        found = (await conn.execute(select(s_t.c.id).where(*self._session_filter(sid)))).first()
+        if found is None:
+            raise self._not_found(sid)
+
+    def _not_found(self, sid: uuid.UUID) -> NotFoundError:
+        return NotFoundError(f"session {sid} not found")
+
+
+def _ensure_parent_folder(url: DatabaseUrl) -> None:
+    if url.host is not None:
+        Path(url.host).parent.mkdir(parents=True, exist_ok=True)
+
+
+class PostgresStore(Store):
+    """A store on PostgreSQL through asyncpg (``pip install 'mofa-persist[postgres]'``)."""
+
+    accepted_kinds = ("postgresql",)
+    default_url = None
+
+
+class MySqlStore(Store):
+    """A store on MySQL or MariaDB through aiomysql (``pip install 'mofa-persist[mysql]'``)."""
+
+    accepted_kinds = ("mysql",)
+    default_url = None
+
+
+class SqliteStore(Store):
+    """A store in an embedded SQLite file (created, with its folder, if missing)."""
+
+    accepted_kinds = ("sqlite", "memory")
+    default_url = "sqlite://mofa.db"
+
+
+class MemoryStore(Store):
+    """A store in process memory (SQLite ``:memory:``); gone when closed. For tests and demos."""
+
+    accepted_kinds = ("memory",)
+    default_url = "memory://"
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | None = "memory://",
+        *,
+        migrate: bool = True,
+        connect_timeout: float = 10.0,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+    ) -> Self:
+        return await super().connect(
+            url or "memory://",
+            migrate=migrate,
+            connect_timeout=connect_timeout,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
+
+
+_CLASSES: dict[Kind, type[Store]] = {
+    "postgresql": PostgresStore,
+    "mysql": MySqlStore,
+    "sqlite": SqliteStore,
+    "memory": MemoryStore,
+}
+
+
+def _store_class_for(kind: Kind) -> type[Store]:
+    return _CLASSES[kind]
+
+
+async def connect(
+    url: str | None = None,
+    *,
+    migrate: bool = True,
+    connect_timeout: float = 10.0,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+) -> Store:
+    """Connect to any backend: ``url``, else ``DATABASE_URL``, else in-memory.
+
+    Returns the store class that matches the URL (``PostgresStore``, ``MySqlStore``,
+    ``SqliteStore`` or ``MemoryStore``).
+    """
+    return await Store.connect(
+        url,
+        migrate=migrate,
+        connect_timeout=connect_timeout,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+    )

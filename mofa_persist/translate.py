@@ -1,0 +1,142 @@
+"""Classify driver failures and translate them into the public error types.
+
+Classification uses codes, never message text: PostgreSQL SQLSTATE, MySQL error numbers and
+SQLite result codes. The original exception always stays reachable as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+
+from sqlalchemy import exc as sa_exc
+
+from .errors import BackendError, PersistenceError
+from .urls import DatabaseUrl
+
+
+class Failure(enum.Enum):
+    UNIQUE = "unique"  # a unique or primary key constraint
+    FOREIGN_KEY = "foreign_key"
+    RETRYABLE = "retryable"  # deadlock, serialization failure, lock timeout, SQLite busy
+    CONNECTION = "connection"  # the connection is gone or could not be made
+    OTHER = "other"
+
+
+_PG_STATES = {
+    "23505": Failure.UNIQUE,
+    "23503": Failure.FOREIGN_KEY,
+    "40001": Failure.RETRYABLE,  # serialization_failure
+    "40P01": Failure.RETRYABLE,  # deadlock_detected
+    "55P03": Failure.RETRYABLE,  # lock_not_available
+    "57P01": Failure.CONNECTION,  # admin_shutdown
+    "57P02": Failure.CONNECTION,  # crash_shutdown
+    "57P03": Failure.CONNECTION,  # cannot_connect_now (starting up / shutting down)
+}
+_MYSQL_ERRNOS = {
+    1062: Failure.UNIQUE,
+    1452: Failure.FOREIGN_KEY,
+    1213: Failure.RETRYABLE,  # ER_LOCK_DEADLOCK (also Galera certification failures)
+    1205: Failure.RETRYABLE,  # ER_LOCK_WAIT_TIMEOUT
+    1927: Failure.CONNECTION,  # ER_CONNECTION_KILLED
+    2003: Failure.CONNECTION,  # can't connect
+    2006: Failure.CONNECTION,  # server has gone away
+    2013: Failure.CONNECTION,  # lost connection during query
+    2055: Failure.CONNECTION,
+}
+_SQLITE_CODES = {
+    sqlite3.SQLITE_BUSY: Failure.RETRYABLE,
+    sqlite3.SQLITE_LOCKED: Failure.RETRYABLE,
+}
+_SQLITE_EXTENDED = {
+    2067: Failure.UNIQUE,  # SQLITE_CONSTRAINT_UNIQUE
+    1555: Failure.UNIQUE,  # SQLITE_CONSTRAINT_PRIMARYKEY
+    787: Failure.FOREIGN_KEY,  # SQLITE_CONSTRAINT_FOREIGNKEY
+}
+
+
+def _driver_error(error: BaseException) -> BaseException:
+    if isinstance(error, sa_exc.DBAPIError) and error.orig is not None:
+        orig: BaseException = error.orig
+        # SQLAlchemy's asyncpg adapter keeps asyncpg's own exception as the cause.
+        return orig.__cause__ if orig.__cause__ is not None else orig
+    return error
+
+
+def classify(error: BaseException) -> Failure:
+    """What kind of failure ``error`` is, judged by the driver's code."""
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return Failure.CONNECTION
+    driver = _driver_error(error)
+    candidates = [driver]
+    if isinstance(error, sa_exc.DBAPIError) and error.orig is not None:
+        candidates.append(error.orig)
+    for candidate in candidates:
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            if state in _PG_STATES:
+                return _PG_STATES[state]
+            if state.startswith("08"):  # connection_exception class
+                return Failure.CONNECTION
+        code = getattr(candidate, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            if code in _SQLITE_EXTENDED:
+                return _SQLITE_EXTENDED[code]
+            return _SQLITE_CODES.get(code & 0xFF, Failure.OTHER)
+        args = getattr(candidate, "args", ())
+        if args and isinstance(args[0], int) and args[0] in _MYSQL_ERRNOS:
+            return _MYSQL_ERRNOS[args[0]]
+    if isinstance(driver, (OSError, TimeoutError, ConnectionError)):
+        return Failure.CONNECTION
+    if isinstance(error, (sa_exc.InterfaceError, sa_exc.DisconnectionError)):
+        return Failure.CONNECTION
+    if type(driver).__name__ in ("ConnectionDoesNotExistError", "InterfaceError"):
+        return Failure.CONNECTION
+    return Failure.OTHER
+
+
+def describe(error: BaseException, url: DatabaseUrl) -> str:
+    """A one-line reason taken from the driver, with the password scrubbed out."""
+    driver = _driver_error(error)
+    reason = str(driver).strip().splitlines()[0] if str(driver).strip() else type(driver).__name__
+    password = url.sa_url.password
+    if password:
+        reason = reason.replace(str(password), "***")
+    return reason[:300]
+
+
+def to_backend_error(error: BaseException, url: DatabaseUrl, action: str) -> PersistenceError:
+    """Wrap ``error`` as a :class:`BackendError` naming where the store points."""
+    if isinstance(error, PersistenceError):
+        return error
+    where = url.display if url.kind in ("sqlite", "memory") else f"{url.host}/{url.database}"
+    kind = classify(error)
+    if kind is Failure.CONNECTION:
+        message = f"cannot reach the {url.kind} database at {where} ({action}): "
+    else:
+        message = f"{url.kind} database at {where} failed to {action}: "
+    return BackendError(
+        message + describe(error, url), host=url.host, database=url.database
+    )
+
+
+def _driver_error_types() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [sa_exc.SQLAlchemyError, OSError, TimeoutError, sqlite3.Error]
+    try:
+        import asyncpg
+
+        found.append(asyncpg.PostgresError)
+        found.append(asyncpg.InterfaceError)
+    except ImportError:  # the postgres extra is not installed
+        pass
+    try:
+        import pymysql
+
+        found.append(pymysql.err.Error)
+    except ImportError:  # the mysql extra is not installed
+        pass
+    return tuple(found)
+
+
+#: Exceptions that come from the database layer and are translated at the store boundary.
+DRIVER_ERRORS = _driver_error_types()
