@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import os
 from logging.config import fileConfig
+from typing import TYPE_CHECKING
 
 from alembic import context
-from sqlalchemy.engine import Connection
 
 from mofa_persist.engine import create_engine
 from mofa_persist.migrate import run_locked
 from mofa_persist.models import Base
 from mofa_persist.urls import parse_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 config = context.config
 target_metadata = Base.metadata

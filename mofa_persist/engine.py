@@ -6,14 +6,17 @@ pre-ping, MySQL's isolation level, and SQLite's pragmas and explicit ``BEGIN IMM
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, pool
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .urls import DatabaseUrl
 from .validate import decode_document, serialize_for_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from .urls import DatabaseUrl
 
 #: Execution option that marks a SQLite transaction read-only: it starts with a plain
 #: ``BEGIN`` instead of ``BEGIN IMMEDIATE`` and so does not take the write lock.

@@ -7,20 +7,24 @@ lock (an advisory transaction lock on PostgreSQL, ``GET_LOCK`` on MySQL, the wri
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .errors import BackendError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Any constant works; it only has to be the same in every process of every version.
 _PG_LOCK_KEY = 0x6D6F_6661_7065_7273 & 0x7FFF_FFFF_FFFF_FFFF  # "mofapers"

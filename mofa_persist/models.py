@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ForeignKey, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .types import JSONDocument, LongText, UTCDateTime
@@ -97,6 +97,6 @@ class AgentStateRow(Base):
     __table_args__ = (UniqueConstraint("session_id", "version"), MYSQL_TABLE_ARGS)
 
 
-sessions_table = SessionRow.__table__
-messages_table = MessageRow.__table__
-agent_state_table = AgentStateRow.__table__
+sessions_table = cast("Table", SessionRow.__table__)
+messages_table = cast("Table", MessageRow.__table__)
+agent_state_table = cast("Table", AgentStateRow.__table__)

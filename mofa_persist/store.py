@@ -24,12 +24,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, TypeVar, cast
 
 from sqlalchemy import Row, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.elements import ColumnElement
 
 from . import migrate as migrations
 from .engine import SQLITE_READ_ONLY, create_engine
@@ -56,6 +54,11 @@ from .validate import (
     require_uuid,
 )
 
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from sqlalchemy.sql.elements import ColumnElement
+
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
 
@@ -67,7 +70,8 @@ class _Unset:
 
 UNSET: Final = _Unset()
 
-_MAX_ATTEMPTS = 10
+_MAX_ATTEMPTS = 10  # for lock races: deadlocks, serialization failures, busy SQLite
+_MAX_CONNECTION_ATTEMPTS = 2  # a dropped connection is retried once, on a fresh one
 _DEFAULT_PAGE = 50
 _CURSOR_PREFIX = "v1."
 
@@ -87,9 +91,10 @@ class Scope:
 class _Backend:
     """What all views of one connected store share: the engine and its locks."""
 
-    def __init__(self, url: DatabaseUrl, engine: AsyncEngine) -> None:
+    def __init__(self, url: DatabaseUrl, engine: AsyncEngine, connect_timeout: float) -> None:
         self.url = url
         self.engine = engine
+        self.connect_timeout = connect_timeout
         self.closed = False
         self.update_returning = bool(engine.dialect.update_returning)
         self.is_sqlite = url.kind in ("sqlite", "memory")
@@ -243,7 +248,7 @@ class Store:
             pool_size=pool_size,
             max_overflow=max_overflow,
         )
-        store = store_class(_Backend(parsed, engine))
+        store = cast("Self", store_class(_Backend(parsed, engine, float(connect_timeout))))
         try:
             await store._open(migrate=migrate, connect_timeout=float(connect_timeout))
         except BaseException:
@@ -254,10 +259,12 @@ class Store:
     async def _open(self, *, migrate: bool, connect_timeout: float) -> None:
         url = self._backend.url
         try:
-            if not migrate:
-                async with asyncio.timeout(connect_timeout * 2):
+            if url.kind != "memory":
+                # Fail fast on a bad address or credentials, before any migration lock wait.
+                async with asyncio.timeout(connect_timeout):
                     async with self._backend.engine.connect() as conn:
                         await conn.exec_driver_sql("SELECT 1")
+            if not migrate:
                 return
             if url.kind == "memory":
                 # The database lives in the store's one connection: migrate on it.
@@ -410,7 +417,7 @@ class Store:
         self,
         session_id: uuid.UUID | str,
         *,
-        title: str | None | _Unset = UNSET,
+        title: str | _Unset | None = UNSET,
         metadata: Mapping[str, Any] | _Unset = UNSET,
     ) -> Session:
         """Change the title and/or replace the metadata; ``updated_at`` moves."""
@@ -681,48 +688,47 @@ class Store:
 
         async def work(conn: AsyncConnection) -> tuple[list[Message], AgentState | None]:
             now = _now()
-            last_seq, version = await self._bump(conn, sid, count, state is not None,
-                                                 expected_version, now)
+            last_seq, version = await self._bump(
+                conn, sid, count, state is not None, expected_version, now
+            )
             first = last_seq - count + 1
-            message_rows = [
-                {
-                    "id": uuid7(),
-                    "session_id": sid,
-                    "seq": first + offset,
-                    "role": item.role,
-                    "content": item.content,
-                    "metadata": item.metadata,
-                    "created_at": now,
-                }
+            stored = [
+                Message(
+                    id=uuid7(),
+                    session_id=sid,
+                    seq=first + offset,
+                    role=item.role,
+                    content=item.content,
+                    metadata=_loads(item.metadata),
+                    created_at=now,
+                )
                 for offset, item in enumerate(items)
             ]
-            if message_rows:
-                await conn.execute(insert(m_t), message_rows)
-            state_row = None
+            if stored:
+                rows = [
+                    {
+                        "id": message.id,
+                        "session_id": sid,
+                        "seq": message.seq,
+                        "role": message.role,
+                        "content": message.content,
+                        "metadata": item.metadata,
+                        "created_at": now,
+                    }
+                    for message, item in zip(stored, items, strict=True)
+                ]
+                await conn.execute(insert(m_t), rows)
+            saved = None
             if state is not None:
+                saved = AgentState(uuid7(), sid, version, _loads(state), now)
                 state_row = {
-                    "id": uuid7(),
+                    "id": saved.id,
                     "session_id": sid,
                     "version": version,
                     "state": state,
                     "created_at": now,
                 }
                 await conn.execute(insert(a_t), state_row)
-            stored = [
-                Message(
-                    id=row["id"],
-                    session_id=sid,
-                    seq=row["seq"],
-                    role=row["role"],
-                    content=row["content"],
-                    metadata=_loads(row["metadata"]),
-                    created_at=now,
-                )
-                for row in message_rows
-            ]
-            saved = None
-            if state_row is not None:
-                saved = AgentState(state_row["id"], sid, version, _loads(state), now)
             return stored, saved
 
         return await self._run(work, write=True, action=action)
@@ -749,7 +755,7 @@ class Store:
         stmt = update(s_t).where(*self._session_filter(sid)).values(values)
         if expected_version is not None:
             stmt = stmt.where(s_t.c.state_version == expected_version)
-        row: Row[Any] | None
+        row: Any
         if self._backend.update_returning:
             result = await conn.execute(stmt.returning(s_t.c.last_seq, s_t.c.state_version))
             row = result.first()
@@ -760,9 +766,7 @@ class Store:
                 row = (await conn.execute(counters)).first()
         if row is None:
             current = (
-                await conn.execute(
-                    select(s_t.c.state_version).where(*self._session_filter(sid))
-                )
+                await conn.execute(select(s_t.c.state_version).where(*self._session_filter(sid)))
             ).first()
             if current is None:
                 raise self._not_found(sid)
@@ -776,36 +780,52 @@ class Store:
         """Run ``work`` in one transaction, retrying where that is known to be safe."""
         backend = self._backend
         if backend.closed:
-            raise BackendError(f"{self!r} is closed", host=backend.url.host,
-                               database=backend.url.database)
+            raise BackendError(
+                f"{self!r} is closed", host=backend.url.host, database=backend.url.database
+            )
         attempt = 0
         while True:
             attempt += 1
             committing = False
             try:
-                async with backend.turn(write), backend.engine.connect() as conn:
-                    if backend.is_sqlite and not write:
-                        await conn.execution_options(**{SQLITE_READ_ONLY: True})
-                    transaction = await conn.begin()
+                async with backend.turn(write):
+                    conn = backend.engine.connect()
+                    # Bounded: a server that accepts TCP but never answers must not hang us.
+                    async with asyncio.timeout(backend.connect_timeout):
+                        await conn.start()
                     try:
-                        result = await work(conn)
-                    except BaseException:
+                        if backend.is_sqlite and not write:
+                            await conn.execution_options(**{SQLITE_READ_ONLY: True})
+                        transaction = await conn.begin()
+                        try:
+                            result = await work(conn)
+                        except BaseException:
+                            with contextlib.suppress(*DRIVER_ERRORS):
+                                await transaction.rollback()
+                            raise
+                        committing = True
+                        await transaction.commit()
+                        return result
+                    finally:
                         with contextlib.suppress(*DRIVER_ERRORS):
-                            await transaction.rollback()
-                        raise
-                    committing = True
-                    await transaction.commit()
-                    return result
+                            await conn.close()
             except PersistenceError:
                 raise
             except DRIVER_ERRORS as error:
                 failure = classify(error)
                 if failure is Failure.UNIQUE:
                     raise ConflictError(f"could not {action}: a unique key is taken") from error
-                safe = failure is Failure.RETRYABLE or (
-                    failure is Failure.CONNECTION and not committing
-                )
-                if safe and attempt < _MAX_ATTEMPTS:
+                if failure is Failure.RETRYABLE:
+                    retry = attempt < _MAX_ATTEMPTS
+                else:
+                    # Before COMMIT was sent the transaction is simply gone: redo it. During
+                    # COMMIT the outcome is unknown, and redoing it could write twice.
+                    retry = (
+                        failure is Failure.CONNECTION
+                        and not committing
+                        and attempt < _MAX_CONNECTION_ATTEMPTS
+                    )
+                if retry:
                     # Exponential backoff with jitter, capped: lock races clear in milliseconds.
                     await asyncio.sleep(min(0.5, 0.005 * 2**attempt) * (0.5 + random.random()))
                     continue

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+from typing import TYPE_CHECKING
 
 from sqlalchemy import exc as sa_exc
 
 from .errors import BackendError, PersistenceError
-from .urls import DatabaseUrl
+
+if TYPE_CHECKING:
+    from .urls import DatabaseUrl
 
 
 class Failure(enum.Enum):
@@ -98,6 +101,8 @@ def classify(error: BaseException) -> Failure:
 def describe(error: BaseException, url: DatabaseUrl) -> str:
     """A one-line reason taken from the driver, with the password scrubbed out."""
     driver = _driver_error(error)
+    if isinstance(driver, TimeoutError) and not str(driver).strip():
+        return "timed out"
     reason = str(driver).strip().splitlines()[0] if str(driver).strip() else type(driver).__name__
     password = url.sa_url.password
     if password:
@@ -115,13 +120,16 @@ def to_backend_error(error: BaseException, url: DatabaseUrl, action: str) -> Per
         message = f"cannot reach the {url.kind} database at {where} ({action}): "
     else:
         message = f"{url.kind} database at {where} failed to {action}: "
-    return BackendError(
-        message + describe(error, url), host=url.host, database=url.database
-    )
+    return BackendError(message + describe(error, url), host=url.host, database=url.database)
 
 
 def _driver_error_types() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = [sa_exc.SQLAlchemyError, OSError, TimeoutError, sqlite3.Error]
+    found: list[type[BaseException]] = [
+        sa_exc.SQLAlchemyError,
+        OSError,
+        TimeoutError,
+        sqlite3.Error,
+    ]
     try:
         import asyncpg
 

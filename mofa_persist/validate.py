@@ -81,7 +81,7 @@ def check_role(role: object) -> str:
         raise InvalidInputError(f"role must be a str, not {type(role).__name__}")
     if role not in ROLES:
         raise InvalidInputError(
-            f"role must be one of {', '.join(sorted(ROLES))}; got {role[:MAX_ROLE_CHARS + 5]!r}"
+            f"role must be one of {', '.join(sorted(ROLES))}; got {role[: MAX_ROLE_CHARS + 5]!r}"
         )
     return role
 

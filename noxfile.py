@@ -1,0 +1,73 @@
+"""Test matrix for mofa-persist: `nox` runs everything below except the benchmarks.
+
+Each dialect gets its own session so a failure names its backend. Server URLs default to the
+local services (PostgreSQL on 5432, MariaDB on 3306) and can be overridden with
+MOFA_TEST_POSTGRES_URL / MOFA_TEST_MYSQL_URL. With CI=true an unreachable server fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.needs_version = ">=2024.10.9"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["tests", "migrations", "lint", "typecheck"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+DIALECTS = ["memory", "sqlite", "postgresql", "mysql"]
+PASSED_ENV = ("CI", "MOFA_TEST_POSTGRES_URL", "MOFA_TEST_MYSQL_URL")
+
+
+def _install(session: nox.Session, *groups: str) -> None:
+    # The package itself is installed (not imported from the tree), as users get it.
+    session.install(".[all]")
+    for group in groups:
+        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+    env["DATABASE_URL"] = ""  # tests choose their own databases
+    env.update(extra)
+    return env
+
+
+@nox.session
+@nox.parametrize("dialect", DIALECTS)
+def tests(session: nox.Session, dialect: str) -> None:
+    """Run the conformance suite on one backend (memory, sqlite, postgresql, mysql)."""
+    _install(session, "test")
+    session.run(
+        "pytest", "-m", "not migrations", *session.posargs, env=_env(MOFA_TEST_BACKENDS=dialect)
+    )
+
+
+@nox.session
+def migrations(session: nox.Session) -> None:
+    """Alembic upgrade head / downgrade base, no drift, concurrent first connects, the wheel."""
+    _install(session, "test")
+    session.run(
+        "pytest",
+        "-m",
+        "migrations",
+        *session.posargs,
+        env=_env(MOFA_TEST_BACKENDS="sqlite,postgresql,mysql"),
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff: lint and formatting."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", "mofa_persist", "tests", "migrations", "noxfile.py")
+    session.run("ruff", "format", "--check", "mofa_persist", "tests", "migrations", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    _install(session, "typecheck")
+    session.run("mypy", "--strict", "mofa_persist")

@@ -1,0 +1,200 @@
+"""Migrations: the alembic CLI both ways, no drift from the models, concurrent first connects,
+and the migrations shipped inside the wheel. Runs on SQLite, PostgreSQL and MySQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from conftest import create_database, drop_database, selected_backends
+from sqlalchemy import inspect
+
+import mofa_persist
+from mofa_persist.engine import create_engine
+from mofa_persist.migrate import head_revision
+from mofa_persist.models import Base
+from mofa_persist.urls import parse_url
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy.engine import Connection
+
+REPO = Path(__file__).resolve().parent.parent
+DIALECTS = [name for name in selected_backends() if name != "memory"]
+TABLES = {"sessions", "messages", "agent_state"}
+
+pytestmark = pytest.mark.migrations
+
+
+@pytest.fixture(params=DIALECTS)
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of its own for each test."""
+    dialect: str = request.param
+    if dialect == "sqlite":
+        yield f"sqlite://{tmp_path}/migrations.db"
+        return
+    url = create_database(dialect)
+    yield url
+    drop_database(dialect, url)
+
+
+def alembic(url: str, *args: str) -> str:
+    env = {**os.environ, "DATABASE_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+async def inspect_db(url: str) -> tuple[set[str], str | None, list[object]]:
+    """Tables, current revision and autogenerate's diff against the models."""
+    engine = create_engine(parse_url(url), use_null_pool=True)
+
+    def read(connection: Connection) -> tuple[set[str], str | None, list[object]]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        tables = set(inspect(connection).get_table_names())
+        diff = compare_metadata(context, Base.metadata) if tables >= TABLES else []
+        return tables, context.get_current_revision(), diff
+
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(read)
+    finally:
+        await engine.dispose()
+
+
+async def test_alembic_cli_upgrades_to_head_and_downgrades_to_base(fresh_url: str) -> None:
+    alembic(fresh_url, "upgrade", "head")
+    tables, revision, diff = await inspect_db(fresh_url)
+    assert tables >= TABLES
+    assert revision == head_revision()
+    assert diff == []
+    alembic(fresh_url, "downgrade", "base")
+    tables, revision, _ = await inspect_db(fresh_url)
+    assert not (TABLES & tables)
+    assert revision is None
+    alembic(fresh_url, "upgrade", "head")  # and back up again
+    assert (await inspect_db(fresh_url))[1] == head_revision()
+
+
+async def test_autogenerate_finds_no_drift_after_connect(fresh_url: str) -> None:
+    async with await mofa_persist.connect(fresh_url):
+        pass
+    _, revision, diff = await inspect_db(fresh_url)
+    assert revision == head_revision()
+    assert diff == [], f"models and migrations differ: {diff}"
+
+
+async def test_alembic_check_command_reports_no_drift(fresh_url: str) -> None:
+    alembic(fresh_url, "upgrade", "head")
+    assert "No new upgrade operations detected" in alembic(fresh_url, "check")
+
+
+async def test_many_processes_connecting_to_a_fresh_database_migrate_once(fresh_url: str) -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio, sys, mofa_persist
+        async def main():
+            async with await mofa_persist.connect(sys.argv[1]) as store:
+                session = await store.create_session(title="racer")
+                await store.append_message(session.id, "user", "hi")
+        asyncio.run(main())
+        """
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            fresh_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(6)
+    ]
+    results = [await process.communicate() for process in processes]
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0, stderr.decode()
+    _, revision, diff = await inspect_db(fresh_url)
+    assert revision == head_revision()
+    assert diff == []
+    async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+        assert len((await store.list_sessions(limit=100)).items) == 6
+
+
+@pytest.mark.slow
+def test_installed_wheel_migrates_from_outside_the_repository(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("mofa_persist-*.whl")
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    probe = textwrap.dedent(
+        """
+        import asyncio, mofa_persist
+        from mofa_persist.migrate import script_location
+        async def main():
+            async with await mofa_persist.connect("sqlite://wheel.db") as store:
+                s = await store.create_session()
+                print((await store.append_message(s.id, "user", "from the wheel")).seq)
+        asyncio.run(main())
+        print(mofa_persist.__file__)
+        print(script_location())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    env.pop("DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seq, module_file, location = done.stdout.split()
+    assert seq == "1"
+    assert module_file.startswith(str(target))
+    assert location.startswith(str(target))
+    assert location.endswith("_migrations")
+    assert (outside / "wheel.db").is_file()
