@@ -14,7 +14,14 @@ import nox
 nox.needs_version = ">=2024.10.9"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["tests", "migrations", "lint", "typecheck"]
+nox.options.sessions = [
+    "tests",
+    "migrations",
+    "reliability",
+    "bench_smoke",
+    "lint",
+    "typecheck",
+]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 DIALECTS = ["memory", "sqlite", "postgresql", "mysql"]
@@ -41,7 +48,13 @@ def tests(session: nox.Session, dialect: str) -> None:
     """Run the conformance suite on one backend (memory, sqlite, postgresql, mysql)."""
     _install(session, "test")
     session.run(
-        "pytest", "-m", "not migrations", *session.posargs, env=_env(MOFA_TEST_BACKENDS=dialect)
+        "pytest",
+        "tests",
+        "--ignore=tests/reliability",
+        "-m",
+        "not migrations",
+        *session.posargs,
+        env=_env(MOFA_TEST_BACKENDS=dialect),
     )
 
 
@@ -51,6 +64,8 @@ def migrations(session: nox.Session) -> None:
     _install(session, "test")
     session.run(
         "pytest",
+        "tests",
+        "--ignore=tests/reliability",
         "-m",
         "migrations",
         *session.posargs,
@@ -71,3 +86,45 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     _install(session, "typecheck")
     session.run("mypy", "--strict", "mofa_persist")
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """Reliability: multi-process writers, SIGKILL crashes, server restarts, hostile input."""
+    _install(session, "test")
+    session.run(
+        "pytest",
+        "tests/reliability",
+        "-m",
+        "not soak",
+        *session.posargs,
+        env=_env(MOFA_TEST_BACKENDS="sqlite,postgresql,mysql"),
+    )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Longer reliability runs (not part of plain `nox`)."""
+    _install(session, "test")
+    session.run(
+        "pytest",
+        "tests/reliability",
+        "-m",
+        "soak",
+        *session.posargs,
+        env=_env(MOFA_TEST_BACKENDS="sqlite,postgresql,mysql"),
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the raw drivers on every backend (`nox -s bench -- --scale 0.1`)."""
+    _install(session, "bench")
+    session.run("python", "-m", "bench", *session.posargs, env=_env())
+
+
+@nox.session
+def bench_smoke(session: nox.Session) -> None:
+    """The benchmark suite at a tiny scale: proves it runs; no timing is judged."""
+    _install(session, "bench")
+    session.run("python", "-m", "bench", "--scale", "0.01", "--smoke", *session.posargs, env=_env())

@@ -15,7 +15,7 @@ from .errors import (
     NotFoundError,
     PersistenceError,
 )
-from .records import AgentState, Message, Page, Session, Turn
+from .records import AgentState, ApiCall, Message, Page, Session, Turn, Usage
 from .store import (
     UNSET,
     MemoryStore,
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "UNSET",
     "AgentState",
+    "ApiCall",
     "BackendError",
     "ConflictError",
     "InvalidInputError",
@@ -47,6 +48,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "Turn",
+    "Usage",
     "__version__",
     "connect",
 ]

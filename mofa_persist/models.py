@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ForeignKey, Index, Integer, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .types import JSONDocument, LongText, UTCDateTime
@@ -97,6 +97,38 @@ class AgentStateRow(Base):
     __table_args__ = (UniqueConstraint("session_id", "version"), MYSQL_TABLE_ARGS)
 
 
+class ApiCallRow(Base):
+    """One LLM provider call. Kept when its session is deleted (usage history outlives it),
+    so tenant, user and agent are copied onto the row."""
+
+    __tablename__ = "api_calls"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    session_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="SET NULL")
+    )
+    tenant_id: Mapped[uuid.UUID | None]
+    user_id: Mapped[uuid.UUID | None]
+    agent_id: Mapped[uuid.UUID | None]
+    provider: Mapped[str | None] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(None, "session_id", "created_at"),
+        Index(None, "tenant_id", "created_at"),
+        Index(None, "created_at"),
+        MYSQL_TABLE_ARGS,
+    )
+
+
 sessions_table = cast("Table", SessionRow.__table__)
 messages_table = cast("Table", MessageRow.__table__)
 agent_state_table = cast("Table", AgentStateRow.__table__)
+api_calls_table = cast("Table", ApiCallRow.__table__)

@@ -69,6 +69,48 @@ class Turn:
     state: AgentState | None
 
 
+ApiCallStatus = Literal["success", "failed", "timeout", "rate_limited", "cancelled"]
+API_CALL_STATUSES: frozenset[str] = frozenset(
+    {"success", "failed", "timeout", "rate_limited", "cancelled"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    """One call to an LLM provider, successful or not (recorded for usage and cost)."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID | None
+    tenant_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    agent_id: uuid.UUID | None
+    provider: str | None
+    model: str
+    status: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    latency_ms: int
+    error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Totals over a set of provider calls (see :meth:`Store.usage`)."""
+
+    calls: int
+    failures: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    #: Latency percentiles in milliseconds (``None`` when there were no calls).
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     """One page of a keyset-paginated listing; pass ``next_cursor`` back for the next page."""
