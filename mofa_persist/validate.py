@@ -115,13 +115,16 @@ def encode_document(name: str, value: object, *, exact_floats: bool = False) -> 
     ``exact_floats`` writes exponent-form floats positionally (``1e+16`` as
     ``10000000000000000.0``): PostgreSQL's JSONB turns ``1e+16`` into the integer
     ``10000000000000000``, and this keeps it a float on the way back.
+
+    ``-0.0`` is stored as ``0.0`` on every backend: JSONB has no negative zero, and the
+    same document must read back the same everywhere (``-0.0 == 0.0`` in Python).
     """
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise InvalidInputError(f"{name} must be a dict, not {type(value).__name__}")
-    has_exponent = _check_node(name, value, 1)
-    if has_exponent and exact_floats:
+    flags = _check_node(name, value, 1)
+    if flags & _NEGATIVE_ZERO or (flags & _EXPONENT and exact_floats):
         text = _dumps_positional(value)
     else:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -130,20 +133,26 @@ def encode_document(name: str, value: object, *, exact_floats: bool = False) -> 
     return EncodedJSON(text)
 
 
-def _check_node(path: str, node: object, depth: int) -> bool:
-    """Walk one node; return True if it holds a float written in exponent form."""
+_EXPONENT = 1  # a float that repr() writes in exponent form
+_NEGATIVE_ZERO = 2
+
+
+def _check_node(path: str, node: object, depth: int) -> int:
+    """Walk one node; return flags for floats that need the slow encoder."""
     if isinstance(node, str):
         _check_json_string(path, node)
-        return False
+        return 0
     if node is None or isinstance(node, (bool, int)):
-        return False
+        return 0
     if isinstance(node, float):
         if not math.isfinite(node):
             raise InvalidInputError(f"{path} is {node!r}; NaN and Infinity are not JSON")
-        return "e" in repr(node)
+        if node == 0.0:
+            return _NEGATIVE_ZERO if math.copysign(1.0, node) < 0 else 0
+        return _EXPONENT if "e" in repr(node) else 0
     if depth > MAX_JSON_DEPTH:
         raise InvalidInputError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels")
-    found = False
+    found = 0
     if isinstance(node, dict):
         for key, item in node.items():
             if not isinstance(key, str):
@@ -151,11 +160,11 @@ def _check_node(path: str, node: object, depth: int) -> bool:
                     f"{path} has a {type(key).__name__} key {key!r}; JSON keys must be str"
                 )
             _check_json_string(f"{path} key", key)
-            found = _check_node(f"{path}[{key[:40]!r}]", item, depth + 1) or found
+            found |= _check_node(f"{path}[{key[:40]!r}]", item, depth + 1)
         return found
     if isinstance(node, list):
         for index, item in enumerate(node):
-            found = _check_node(f"{path}[{index}]", item, depth + 1) or found
+            found |= _check_node(f"{path}[{index}]", item, depth + 1)
         return found
     raise InvalidInputError(
         f"{path} is a {type(node).__name__}, which is not a JSON type "
@@ -174,8 +183,11 @@ def _check_json_string(path: str, text: str) -> None:
 
 
 def _dumps_positional(node: object) -> str:
-    """Slow path of :func:`encode_document` for documents holding exponent-form floats."""
+    """Slow path of :func:`encode_document`, for documents holding exponent-form floats or
+    negative zero: the same JSON, with those floats written positionally."""
     if isinstance(node, float):
+        if node == 0.0:
+            return "0.0"
         text = repr(node)
         if "e" not in text:
             return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,15 @@ GOOD_DOCUMENTS: list[dict[str, Any]] = [
     {'quote"key': 1, "back\\slash": 2, "": 3, "ключ": 4},
     nested(MAX_JSON_DEPTH),
 ]
+
+
+async def test_negative_zero_is_stored_as_zero_everywhere(scoped_store: Store) -> None:
+    """JSONB has no -0.0; every backend stores 0.0 so documents read back alike."""
+    session = await scoped_store.create_session(metadata={"z": -0.0, "l": [-0.0, 1e20]})
+    stored = (await scoped_store.get_session(session.id)).metadata
+    assert stored == {"z": 0.0, "l": [0.0, 1e20]}
+    assert math.copysign(1.0, stored["z"]) == 1.0
+    assert isinstance(stored["l"][1], float)
 
 
 @pytest.mark.parametrize(
