@@ -139,40 +139,16 @@ def _loads(encoded: EncodedJSON) -> dict[str, Any]:
 
 
 def _session_record(row: Row[Any]) -> Session:
-    return Session(
-        id=row.id,
-        user_id=row.user_id,
-        tenant_id=row.tenant_id,
-        agent_id=row.agent_id,
-        title=row.title,
-        metadata=row.metadata,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        last_seq=row.last_seq,
-        state_version=row.state_version,
-    )
+    # Column names are the records' field names, so a row maps onto its record directly.
+    return Session(**row._mapping)
 
 
 def _message_record(row: Row[Any]) -> Message:
-    return Message(
-        id=row.id,
-        session_id=row.session_id,
-        seq=row.seq,
-        role=row.role,
-        content=row.content,
-        metadata=row.metadata,
-        created_at=row.created_at,
-    )
+    return Message(**row._mapping)
 
 
 def _state_record(row: Row[Any]) -> AgentState:
-    return AgentState(
-        id=row.id,
-        session_id=row.session_id,
-        version=row.version,
-        state=row.state,
-        created_at=row.created_at,
-    )
+    return AgentState(**row._mapping)
 
 
 def _encode_cursor(updated_at: datetime, session_id: uuid.UUID) -> str:
