@@ -8,6 +8,17 @@ state recovered after a crash, on PostgreSQL, MySQL/MariaDB, SQLite or in memory
     await store.append_message(session.id, "user", "Hi!")
 """
 
+from .agent import (
+    EchoProvider,
+    LLMAgent,
+    LLMAgentBuilder,
+    OpenAIProvider,
+    PersistencePlugin,
+    Provider,
+    ProviderError,
+    ProviderRateLimitError,
+    ProviderTimeoutError,
+)
 from .errors import (
     BackendError,
     ConflictError,
@@ -35,14 +46,23 @@ __all__ = [
     "ApiCall",
     "BackendError",
     "ConflictError",
+    "EchoProvider",
     "InvalidInputError",
+    "LLMAgent",
+    "LLMAgentBuilder",
     "MemoryStore",
     "Message",
     "MySqlStore",
     "NotFoundError",
+    "OpenAIProvider",
     "Page",
     "PersistenceError",
+    "PersistencePlugin",
     "PostgresStore",
+    "Provider",
+    "ProviderError",
+    "ProviderRateLimitError",
+    "ProviderTimeoutError",
     "Scope",
     "Session",
     "SqliteStore",
