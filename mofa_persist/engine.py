@@ -6,21 +6,30 @@ pre-ping, MySQL's isolation level, and SQLite's pragmas and explicit ``BEGIN IMM
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, pool
+from sqlalchemy import event, exc, pool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .validate import decode_document, serialize_for_engine
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
+    from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
     from .urls import DatabaseUrl
 
 #: Execution option that marks a SQLite transaction read-only: it starts with a plain
 #: ``BEGIN`` instead of ``BEGIN IMMEDIATE`` and so does not take the write lock.
 SQLITE_READ_ONLY = "mofa_read_only"
+
+#: A pooled server connection idle for longer than this is pinged before it is handed out.
+#: Connections in steady use are not: the ping costs round trips on every call (three on
+#: asyncpg), and a connection that died in the meantime fails its first statement, which the
+#: store retries once on a fresh connection because nothing was sent yet.
+PING_AFTER_IDLE_S = 1.0
+_CHECKIN = "mofa_checked_in"
 
 
 def create_engine(
@@ -66,14 +75,62 @@ def create_engine(
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=connect_timeout,
-            pool_pre_ping=True,  # a server restart costs one failed ping, not a failed call
         )
+    if url.kind != "postgresql":
+        # Returning a connection normally sends ROLLBACK (a round trip on MySQL, a thread hop
+        # on aiosqlite) even after a COMMIT; _reset_if_needed rolls back only what is open.
+        # asyncpg's adapter already skips the rollback when no transaction is open.
+        options["pool_reset_on_return"] = None
     engine = create_async_engine(url.sa_url, **options)
+    if url.kind in ("postgresql", "mysql") and not use_null_pool:
+        _ping_idle_connections(engine)
+    if url.kind != "postgresql":
+        event.listen(engine.sync_engine, "reset", _reset_if_needed)
     if url.kind in ("sqlite", "memory"):
         _configure_sqlite(
             engine, url, busy_timeout_s=connect_timeout, foreign_keys=enforce_foreign_keys
         )
     return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Pre-ping, but only connections that sat idle: a server restart then costs one failed
+    ping and a reconnect, not a failed call, and busy connections pay nothing."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_CHECKIN] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        checked_in = record.info.get(_CHECKIN)
+        if checked_in is None or time.monotonic() - checked_in < PING_AFTER_IDLE_S:
+            return  # a brand-new connection, or one in steady use
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool replaces the connection with a new one and tries again.
+            raise exc.DisconnectionError(f"pooled connection failed its ping: {error}") from error
+
+
+def _reset_if_needed(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:
+    """Roll back a returned connection only if the driver says a transaction is open."""
+    if state.terminate_only or not state.asyncio_safe:
+        return
+    if _transaction_open(dbapi_connection):
+        dbapi_connection.rollback()
+
+
+def _transaction_open(dbapi_connection: Any) -> bool:
+    """Ask the driver without a round trip; when it cannot tell, assume a transaction is open."""
+    driver = getattr(dbapi_connection, "_connection", None)
+    status = getattr(driver, "get_transaction_status", None)  # aiomysql: last server status
+    if status is not None:
+        return bool(status())
+    in_transaction = getattr(driver, "in_transaction", None)  # aiosqlite: sqlite3's flag
+    if isinstance(in_transaction, bool):
+        return in_transaction
+    return True
 
 
 def _configure_sqlite(
