@@ -23,6 +23,10 @@ MAX_TEXT_BYTES = 12 * 1024 * 1024
 #: check refuses documents nested 32 levels deep; we refuse earlier, the same on every backend.
 MAX_JSON_DEPTH = 30
 MAX_TITLE_CHARS = 500
+#: Largest count, seq, version, token count or limit: seq, version and the token and latency
+#: columns are 32-bit INTEGER on every backend, and drivers raise their own errors (or
+#: OverflowError) for larger Python ints.
+MAX_INT = 2**31 - 1
 MAX_ROLE_CHARS = 20
 
 
@@ -102,6 +106,8 @@ def check_limit(name: str, value: object, *, optional: bool = True) -> int | Non
         raise InvalidInputError(f"{name} must be an int, not {type(value).__name__}")
     if value < 0:
         raise InvalidInputError(f"{name} must not be negative; got {value}")
+    if value > MAX_INT:
+        raise InvalidInputError(f"{name} must be at most {MAX_INT}; got {value}")
     return value
 
 
