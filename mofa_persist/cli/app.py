@@ -1,0 +1,188 @@
+"""The Typer app every command registers on, with what all commands share.
+
+Shared: :class:`Output` (data to stdout, progress and errors to stderr), :func:`progress` and
+:func:`execute`, which turns any failure into one ``error: ...`` line and an exit code instead
+of a traceback; :func:`on_store` runs a command's work on the store at ``--url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from .. import __version__
+from ..errors import PersistenceError
+from .database import open_store
+from .options import resolve_url
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Iterator
+
+    from ..store import Store
+
+T = TypeVar("T")
+
+HELP = "Durable memory for LLM agents: migrations, inspection, export/import, copy, retention."
+
+app = typer.Typer(
+    name="mofa-persist",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mofa-persist {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Durable memory for LLM agents: migrations, inspection, export/import, copy, retention."""
+
+
+# ---------------------------------------------------------------------- output
+
+
+@dataclass
+class Output:
+    """Where a command writes: data to stdout, progress and errors to stderr."""
+
+    as_json: bool = False
+    verbose: bool = False
+    out: Console = field(default_factory=lambda: _console(sys.stdout))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+
+    def json(self, data: object) -> None:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=_plain) + "\n")
+
+    def note(self, message: str) -> None:
+        self.err.print(Text(message))
+
+    def fail(self, message: str, code: int = 1) -> typer.Exit:
+        self.err.print(Text(f"error: {message}", style="red"), soft_wrap=True)
+        return typer.Exit(code)
+
+    def crash(self, error: Exception) -> typer.Exit:
+        """An unexpected failure: one line, and the traceback too with ``--verbose``."""
+        if self.verbose:
+            self.err.print(Text("".join(traceback.format_exception(error))))
+        return self.fail(describe(error))
+
+
+def _console(stream: Any) -> Console:
+    """Tables fit a terminal; piped into a file or another program they are not cut at 80."""
+    interactive = hasattr(stream, "isatty") and stream.isatty()
+    return Console(highlight=False, width=None if interactive else 200)
+
+
+def _plain(value: object) -> object:
+    """JSON for what the records hold: UUIDs, datetimes, dataclasses."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)  # type: ignore[call-overload]
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def when(value: datetime) -> str:
+    """A timestamp as tables show it: UTC, to the second."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@contextlib.contextmanager
+def progress(
+    output: Output, description: str, total: int | None, *, in_bytes: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """A Rich progress bar on stderr; ``advance(n)`` moves it. Drawn only on a terminal."""
+    count: ProgressColumn = DownloadColumn() if in_bytes else MofNCompleteColumn()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        count,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=output.err,
+        transient=True,
+        disable=not output.err.is_terminal,  # no bar frames in logs or pipes
+    ) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(amount: int = 1) -> None:
+            bar.advance(task, amount)
+
+        yield advance
+
+
+# ---------------------------------------------------------------------- errors and exit codes
+
+
+def execute(output: Output, work: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; any failure becomes one line and an exit code, not a trace."""
+    try:
+        return asyncio.run(work)
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        raise output.fail("interrupted", 130) from None
+    except Exception as error:  # the top of the command: every failure becomes one line
+        raise output.crash(error) from None
+
+
+def describe(error: BaseException) -> str:
+    """One line that says what went wrong, without a password or a stack."""
+    if isinstance(error, PersistenceError):
+        text = str(error)
+    elif isinstance(error, ModuleNotFoundError) and error.name in ("asyncpg", "aiomysql"):
+        extra = "postgres" if error.name == "asyncpg" else "mysql"
+        text = f"the {error.name} driver is not installed: pip install 'mofa-persist[{extra}]'"
+    elif isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.strerror or error}: {error.filename}"
+    else:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first[:500]
+
+
+def on_store(output: Output, url: str | None, work: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+    """Run ``work`` on the store at ``url`` (which must exist, at head), as :func:`execute` does."""
+
+    async def opened() -> T:
+        async with await open_store(resolve_url(url)) as store:
+            return await work(store)
+
+    return execute(output, opened())

@@ -1,0 +1,38 @@
+"""The options several commands share, so each is spelled and documented once.
+
+Typer reads these ``Annotated`` types from the command signatures; a command lists the ones it
+takes, in the order its ``--help`` shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+DEFAULT_URL = "sqlite://mofa.db"
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Database URL. Default: $DATABASE_URL, then sqlite://mofa.db.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show details (tracebacks) on errors.")
+]
+SessionOption = Annotated[str | None, typer.Option("--session", help="One session id.")]
+UserOption = Annotated[str | None, typer.Option("--user", help="Sessions of this user id.")]
+TenantOption = Annotated[str | None, typer.Option("--tenant", help="Sessions of this tenant id.")]
+AgentOption = Annotated[str | None, typer.Option("--agent", help="Sessions of this agent id.")]
+BatchOption = Annotated[
+    int, typer.Option("--batch-size", min=1, max=10_000, help="Rows per query and per insert.")
+]
+
+
+def resolve_url(url: str | None) -> str:
+    return url or os.environ.get("DATABASE_URL") or DEFAULT_URL

@@ -1,0 +1,160 @@
+"""The vocabulary every transfer operation shares: tables, counts, selections and row text.
+
+Rows are handled as plain mappings keyed by column name, so a row read from one backend, a
+row parsed from an export file and a row about to be inserted all look alike; the canonical
+line is what two of them are compared by.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
+from ..validate import encode_document
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sqlalchemy import ColumnElement, Table
+
+FORMAT_NAME: Final = "mofa-persist"
+FORMAT_VERSION: Final = 1
+DEFAULT_BATCH: Final = 1000
+
+Kind = Literal["session", "message", "state", "api_call"]
+KINDS: tuple[Kind, ...] = ("session", "message", "state", "api_call")
+
+s_t = sessions_table
+m_t = messages_table
+a_t = agent_state_table
+c_t = api_calls_table
+
+TABLES: dict[Kind, Table] = {"session": s_t, "message": m_t, "state": a_t, "api_call": c_t}
+#: A session's rows in the order they are exported, copied and checksummed.
+CHILDREN: tuple[tuple[Kind, Table, str], ...] = (
+    ("message", m_t, "seq"),
+    ("state", a_t, "version"),
+    ("api_call", c_t, "id"),
+)
+JSON_COLUMNS = frozenset({"metadata", "state"})
+
+
+@dataclass(slots=True)
+class Counts:
+    """Rows per table; the unit of every report."""
+
+    sessions: int = 0
+    messages: int = 0
+    states: int = 0
+    api_calls: int = 0
+
+    def add(self, kind: Kind, amount: int = 1) -> None:
+        name = PLURAL[kind]
+        setattr(self, name, getattr(self, name) + amount)
+
+    def merge(self, other: Counts) -> None:
+        for name in PLURAL.values():
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def total(self) -> int:
+        return self.sessions + self.messages + self.states + self.api_calls
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in PLURAL.values()}
+
+
+PLURAL: dict[Kind, str] = {
+    "session": "sessions",
+    "message": "messages",
+    "state": "states",
+    "api_call": "api_calls",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which sessions an operation covers; no field set means all of them.
+
+    Fields combine with AND. Provider calls of no session (their session was deleted) belong
+    to a selection unless it names one session; they are matched on their own tenant, user and
+    agent columns.
+    """
+
+    session_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    tenant_id: uuid.UUID | None = None
+    agent_id: uuid.UUID | None = None
+
+    def session_filters(self) -> list[ColumnElement[bool]]:
+        filters: list[ColumnElement[bool]] = []
+        if self.session_id is not None:
+            filters.append(s_t.c.id == self.session_id)
+        return filters + self._owner_filters(s_t)
+
+    @property
+    def includes_unattached_calls(self) -> bool:
+        return self.session_id is None
+
+    def unattached_call_filters(self) -> list[ColumnElement[bool]]:
+        return [c_t.c.session_id.is_(None), *self._owner_filters(c_t)]
+
+    def _owner_filters(self, table: Table) -> list[ColumnElement[bool]]:
+        """Sessions and provider calls both carry user, tenant and agent columns."""
+        return [
+            table.c[name] == value
+            for name in ("user_id", "tenant_id", "agent_id")
+            if (value := getattr(self, name)) is not None
+        ]
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            name: str(value)
+            for name in ("session_id", "user_id", "tenant_id", "agent_id")
+            if (value := getattr(self, name)) is not None
+        }
+
+
+def jsonable(value: object) -> object:
+    """A column value as JSON: UUIDs as text, datetimes as UTC ISO 8601 to the microsecond."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    return value
+
+
+def record_of(kind: Kind, row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row as its export line: ``type`` first, then every column under its own name."""
+    record: dict[str, Any] = {"type": kind}
+    for column in TABLES[kind].c:
+        record[column.key] = jsonable(row[column.key])
+    return record
+
+
+def canonical_line(kind: Kind, row: Mapping[Any, Any]) -> str:
+    """One row as canonical JSON: sorted keys, so PostgreSQL's JSONB key order cannot matter.
+
+    Rows read from any backend and rows parsed from a file give the same text when they hold
+    the same data; checksums and conflict checks compare these.
+    """
+    record = record_of(kind, row)
+    for name in JSON_COLUMNS.intersection(record):
+        if isinstance(record[name], str):  # encoded for writing; compare as data
+            record[name] = json.loads(record[name])
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def encoded(kind: Kind, values: Mapping[Any, Any], exact_floats: bool) -> dict[str, Any]:
+    """Values ready for INSERT: JSON documents as validated text for the target dialect."""
+    prepared = dict(values)
+    for name in JSON_COLUMNS.intersection(prepared):
+        document = prepared[name]
+        if isinstance(document, str):
+            document = json.loads(document)
+        prepared[name] = encode_document(f"{kind}.{name}", document, exact_floats=exact_floats)
+    return prepared
