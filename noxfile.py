@@ -62,6 +62,8 @@ def tests(session: nox.Session, dialect: str) -> None:
 def migrations(session: nox.Session) -> None:
     """Alembic upgrade head / downgrade base, no drift, concurrent first connects, the wheel."""
     _install(session, "test")
+    # The wheel tests build with `python -m pip wheel`; uv-made environments have no pip.
+    session.install("pip")
     session.run(
         "pytest",
         "tests",
@@ -77,8 +79,10 @@ def migrations(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Ruff: lint and formatting."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
-    session.run("ruff", "check", "mofa_persist", "tests", "migrations", "noxfile.py")
-    session.run("ruff", "format", "--check", "mofa_persist", "tests", "migrations", "noxfile.py")
+    session.run("ruff", "check", "mofa_persist", "tests", "migrations", "bench", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "mofa_persist", "tests", "migrations", "bench", "noxfile.py"
+    )
 
 
 @nox.session
