@@ -29,10 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, Self, TypeVar, cast
 
-from sqlalchemy import Row, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Row, and_, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from . import migrate as migrations
+from . import sql
 from .engine import SQLITE_READ_ONLY, create_engine
 from .errors import (
     BackendError,
@@ -69,10 +71,22 @@ from .validate import (
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from sqlalchemy.pool import PoolProxiedConnection
     from sqlalchemy.sql.elements import ColumnElement
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
+#: Work on the pooled driver connection (asyncpg, aiomysql or aiosqlite), see mofa_persist.sql.
+LeanWork = Callable[[Any], Awaitable[T]]
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one attempt got: a failure during COMMIT must not be retried."""
+
+    committing: bool = False
+    #: The attempt ended with the connection in a known state (committed or rolled back).
+    clean: bool = False
 
 
 class _Unset:
@@ -104,15 +118,33 @@ class Scope:
 class _Backend:
     """What all views of one connected store share: the engine and its locks."""
 
-    def __init__(self, url: DatabaseUrl, engine: AsyncEngine, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        url: DatabaseUrl,
+        engine: AsyncEngine,
+        connect_timeout: float,
+        call_timeout: float | None = None,
+    ) -> None:
         self.url = url
         self.engine = engine
         self.connect_timeout = connect_timeout
+        # SQLite has no network to hang on (its lock waits are bounded by the busy timeout),
+        # and the in-memory database would be lost with its one connection: servers only.
+        self.call_timeout = call_timeout if url.kind in ("postgresql", "mysql") else None
         self.closed = False
         self.update_returning = bool(engine.dialect.update_returning)
         self.is_sqlite = url.kind in ("sqlite", "memory")
         # PostgreSQL bumps the counters and inserts the rows in one statement (see _pg_write).
         self.one_statement = url.kind == "postgresql"
+        self.lane = sql.lane_for(url.kind)
+        self.pinned: Any = None  # memory only: the driver connection of the one connection
+        # Turns in driver-level SQL where the bump is one statement: SQLite with RETURNING,
+        # MySQL with LAST_INSERT_ID, PostgreSQL with the whole turn in one CTE (_pg_write).
+        self.lean_writes = url.kind in ("mysql", "postgresql") or (
+            self.is_sqlite and self.update_returning
+        )
+        # SQLite: the whole write transaction in one hop to aiosqlite's thread.
+        self.one_hop_writes = self.lean_writes and self.is_sqlite and sql.SQLITE_ONE_HOP
         # The in-memory database is one shared connection: every unit of work takes turns.
         # A SQLite file has one writer at a time anyway; queueing writers of this process
         # here is cheaper than spinning on the file lock.
@@ -144,10 +176,6 @@ def _loads(encoded: EncodedJSON) -> dict[str, Any]:
 def _session_record(row: Row[Any]) -> Session:
     # Column names are the records' field names, so a row maps onto its record directly.
     return Session(**row._mapping)
-
-
-def _message_record(row: Row[Any]) -> Message:
-    return Message(**row._mapping)
 
 
 def _state_record(row: Row[Any]) -> AgentState:
@@ -184,6 +212,27 @@ class _NewMessage:
     metadata: EncodedJSON
 
 
+def _turn_records(
+    sid: uuid.UUID,
+    items: Sequence[_NewMessage],
+    ids: Sequence[uuid.UUID],
+    state: EncodedJSON | None,
+    state_id: uuid.UUID,
+    counters: tuple[int, int],
+    now: datetime,
+) -> tuple[list[Message], AgentState | None]:
+    """The records a write stored, given the bumped (last_seq, state_version)."""
+    last_seq, version = counters
+    first = last_seq - len(items) + 1
+    stored = [
+        Message(message_id, sid, first + offset, item.role, item.content,
+                _loads(item.metadata), now)
+        for offset, (message_id, item) in enumerate(zip(ids, items, strict=True))
+    ]  # fmt: skip
+    saved = None if state is None else AgentState(state_id, sid, version, _loads(state), now)
+    return stored, saved
+
+
 class Store:
     """Sessions, messages and agent state in one database.
 
@@ -213,6 +262,7 @@ class Store:
         connect_timeout: float = 10.0,
         pool_size: int = 10,
         max_overflow: int = 10,
+        call_timeout: float | None = 30.0,
     ) -> Self:
         """Connect to ``url`` (default: ``DATABASE_URL``, else ``default_url``).
 
@@ -220,6 +270,10 @@ class Store:
         lock, so many processes may connect to a fresh database at once. Raises
         ``InvalidInputError`` for a URL this class does not accept and ``BackendError`` when
         the database cannot be reached within ``connect_timeout`` seconds.
+
+        ``call_timeout`` bounds every later call on a server backend, retries included: a
+        server that stops answering makes the call raise ``BackendError`` after that many
+        seconds instead of hanging (``None``: no bound).
         """
         if url is None:
             url = os.environ.get("DATABASE_URL") or cls.default_url
@@ -229,6 +283,12 @@ class Store:
             raise InvalidInputError("connect_timeout must be a number of seconds")
         if connect_timeout <= 0:
             raise InvalidInputError("connect_timeout must be positive")
+        if call_timeout is not None and (
+            isinstance(call_timeout, bool)
+            or not isinstance(call_timeout, (int, float))
+            or not call_timeout > 0
+        ):
+            raise InvalidInputError("call_timeout must be a positive number of seconds or None")
         parsed = parse_url(url, allowed=cls.accepted_kinds)
         store_class = cls if cls.accepted_kinds is not None else _store_class_for(parsed.kind)
         if parsed.kind == "sqlite":
@@ -239,7 +299,13 @@ class Store:
             pool_size=pool_size,
             max_overflow=max_overflow,
         )
-        store = cast("Self", store_class(_Backend(parsed, engine, float(connect_timeout))))
+        backend = _Backend(
+            parsed,
+            engine,
+            float(connect_timeout),
+            None if call_timeout is None else float(call_timeout),
+        )
+        store = cast("Self", store_class(backend))
         try:
             await store._open(migrate=migrate, connect_timeout=float(connect_timeout))
         except BaseException:
@@ -250,7 +316,13 @@ class Store:
     async def _open(self, *, migrate: bool, connect_timeout: float) -> None:
         url = self._backend.url
         try:
-            if url.kind != "memory":
+            if url.kind == "memory":
+                # StaticPool holds the one connection for the engine's life: keep its driver
+                # connection at hand, so lean work skips the pool checkout (see _run).
+                async with self._backend.engine.connect() as conn:
+                    raw = await conn.get_raw_connection()
+                    self._backend.pinned = raw.driver_connection
+            else:
                 # Fail fast on a bad address or credentials, before any migration lock wait.
                 async with asyncio.timeout(connect_timeout):
                     async with self._backend.engine.connect() as conn:
@@ -396,13 +468,17 @@ class Store:
         """The session; ``NotFoundError`` if it does not exist or is outside the scope."""
         sid = require_uuid("session_id", session_id)
 
-        async def work(conn: AsyncConnection) -> Session:
-            row = (await conn.execute(select(s_t).where(*self._session_filter(sid)))).first()
-            if row is None:
-                raise self._not_found(sid)
-            return _session_record(row)
+        lane = self._backend.lane
+        text = sql.get_session_sql(lane.style, *self._scope_shape())
+        params = [lane.uuid_in(sid), *self._scope_params()]
 
-        return await self._run(work, write=False, action="read a session", one_read=True)
+        async def work(db: Any) -> Session:
+            rows = await lane.fetch(db, text, params)
+            if not rows:
+                raise self._not_found(sid)
+            return lane.sessions(rows)[0]
+
+        return await self._run(work, write=False, action="read a session", one_read=True, lean=True)
 
     async def update_session(
         self,
@@ -453,37 +529,40 @@ class Store:
         Filters combine with AND and with the store's scope. ``next_cursor`` is ``None`` on
         the last page. A page costs the same however many sessions are stored.
         """
-        filters: list[ColumnElement[bool]] = self._scope_filter()
+        lane = self._backend.lane
+        columns: list[str] = []
+        params: list[Any] = []
+        for name in ("tenant_id", "user_id"):
+            scoped: uuid.UUID | None = getattr(self._scope, name)
+            if scoped is not None:
+                columns.append(name)
+                params.append(lane.uuid_in(scoped))
         for name, value in (("user_id", user_id), ("tenant_id", tenant_id), ("agent_id", agent_id)):
             checked = coerce_uuid(name, value, optional=True)
             if checked is not None:
-                filters.append(s_t.c[name] == checked)
+                columns.append(name)
+                params.append(lane.uuid_in(checked))
         page_size = check_limit("limit", limit, optional=False)
         assert page_size is not None
         if cursor is not None:
             after_updated, after_id = _decode_cursor(cursor)
-            # The first term bounds the index range; the second only breaks ties.
-            filters.append(s_t.c.updated_at <= after_updated)
-            filters.append(or_(s_t.c.updated_at < after_updated, s_t.c.id < after_id))
+            stamp = lane.time_in(after_updated)
+            params += [stamp, stamp, lane.uuid_in(after_id)]
         if page_size == 0:
             return Page([], None)
-        stmt = (
-            select(s_t)
-            .where(*filters)
-            .order_by(s_t.c.updated_at.desc(), s_t.c.id.desc())
-            .limit(page_size + 1)
-        )
+        params.append(page_size + 1)
+        text = sql.list_sessions_sql(lane.style, tuple(columns), cursor is not None)
 
-        async def work(conn: AsyncConnection) -> Page[Session]:
-            rows = (await conn.execute(stmt)).all()
-            items = [_session_record(row) for row in rows[:page_size]]
+        async def work(db: Any) -> Page[Session]:
+            rows = await lane.fetch(db, text, params)
+            items = lane.sessions(rows[:page_size])
             next_cursor = None
             if len(rows) > page_size:
                 last = items[-1]
                 next_cursor = _encode_cursor(last.updated_at, last.id)
             return Page(items, next_cursor)
 
-        return await self._run(work, write=False, action="list sessions", one_read=True)
+        return await self._run(work, write=False, action="list sessions", one_read=True, lean=True)
 
     # ------------------------------------------------------------------ messages
 
@@ -537,27 +616,32 @@ class Store:
         if count == 0:
             await self.get_session(sid)
             return []
-        stmt = select(m_t).where(m_t.c.session_id == sid, *self._scope_exists(sid))
-        if before is not None:
-            stmt = stmt.where(m_t.c.seq < before)
-        if after is not None:
-            stmt = stmt.where(m_t.c.seq > after)
+        lane = self._backend.lane
         newest_first = count is not None and after is None
-        stmt = stmt.order_by(m_t.c.seq.desc() if newest_first else m_t.c.seq.asc())
-        if count is not None:
-            stmt = stmt.limit(count)
+        text = sql.messages_sql(
+            lane.style,
+            *self._scope_shape(),
+            before is not None,
+            after is not None,
+            newest_first,
+            count is not None,
+        )
+        params: list[Any] = [lane.uuid_in(sid)]
+        if self._scope.tenant_id is not None:
+            params += [lane.uuid_in(sid), *self._scope_params()]
+        params += [bound for bound in (before, after, count) if bound is not None]
 
-        async def work(conn: AsyncConnection) -> list[Message]:
-            rows = (await conn.execute(stmt)).all()
+        async def work(db: Any) -> list[Message]:
+            rows = await lane.fetch(db, text, params)
             if not rows:
-                await self._require_session(conn, sid)
+                await self._lean_require_session(db, sid)
                 return []
-            messages = [_message_record(row) for row in rows]
+            messages = lane.messages(rows)
             if newest_first:
                 messages.reverse()
             return messages
 
-        return await self._run(work, write=False, action="read messages", one_read=True)
+        return await self._run(work, write=False, action="read messages", one_read=True, lean=True)
 
     async def count_messages(self, session_id: uuid.UUID | str) -> int:
         sid = require_uuid("session_id", session_id)
@@ -832,20 +916,30 @@ class Store:
         action: str,
     ) -> tuple[list[Message], AgentState | None]:
         """Bump the session's counters (taking its row lock), then insert rows: one transaction."""
+        if self._backend.one_hop_writes:
+            return await self._run(
+                functools.partial(self._sqlite_write, sid, items, state, expected_version),
+                write=True,
+                action=action,
+                lean=True,
+                own_transaction=True,
+            )
+        if self._backend.lean_writes:
+            return await self._run(
+                functools.partial(self._lean_write, sid, items, state, expected_version),
+                write=True,
+                action=action,
+                lean=True,
+            )
         count = len(items)
 
         async def work(conn: AsyncConnection) -> tuple[list[Message], AgentState | None]:
             now = _now()
             ids = [uuid7() for _ in items]
             state_id = None if state is None else uuid7()
-            if self._backend.one_statement:
-                last_seq, version = await self._pg_write(
-                    conn, sid, items, ids, state, state_id, expected_version, now
-                )
-            else:
-                last_seq, version = await self._bump(
-                    conn, sid, count, state is not None, expected_version, now
-                )
+            last_seq, version = await self._bump(
+                conn, sid, count, state is not None, expected_version, now
+            )
             first = last_seq - count + 1
             stored = [
                 Message(
@@ -859,7 +953,7 @@ class Store:
                 )
                 for offset, (message_id, item) in enumerate(zip(ids, items, strict=True))
             ]
-            if stored and not self._backend.one_statement:
+            if stored:
                 rows = [
                     {
                         "id": message.id,
@@ -877,18 +971,140 @@ class Store:
             if state is not None:
                 assert state_id is not None
                 saved = AgentState(state_id, sid, version, _loads(state), now)
-                if not self._backend.one_statement:
-                    state_row = {
-                        "id": state_id,
-                        "session_id": sid,
-                        "version": version,
-                        "state": state,
-                        "created_at": now,
-                    }
-                    await conn.execute(insert(a_t), state_row)
+                state_row = {
+                    "id": state_id,
+                    "session_id": sid,
+                    "version": version,
+                    "state": state,
+                    "created_at": now,
+                }
+                await conn.execute(insert(a_t), state_row)
             return stored, saved
 
         return await self._run(work, write=True, action=action)
+
+    async def _lean_write(
+        self,
+        sid: uuid.UUID,
+        items: Sequence[_NewMessage],
+        state: EncodedJSON | None,
+        expected_version: int | None,
+        db: Any,
+    ) -> tuple[list[Message], AgentState | None]:
+        """:meth:`_write_turn` in driver-level SQL: bump, insert the messages, insert the state
+        (PostgreSQL: all three in one statement, see :meth:`_pg_write`)."""
+        lane = self._backend.lane
+        now = _now()
+        ids = [uuid7() for _ in items]
+        state_id = uuid7()
+        if self._backend.one_statement:
+            pg_counters = await self._pg_write(
+                db, sid, items, ids, state, state_id, expected_version, now
+            )
+            return _turn_records(sid, items, ids, state, state_id, pg_counters, now)
+        counters: tuple[int, int] | None
+        packed = not self._backend.update_returning  # MySQL/MariaDB: see sql.bump_sql
+        bump, params = self._bump_statement(sid, len(items), state, expected_version, now, packed)
+        if packed:
+            value = await lane.execute(db, bump, params)
+            counters = sql.unpack_counters(value) if value else None
+        else:
+            found = await lane.fetch(db, bump, params)
+            counters = (int(found[0][0]), int(found[0][1])) if found else None
+        if counters is None:
+            raise await self._lean_unmatched(db, sid, expected_version)
+        stored, saved = _turn_records(sid, items, ids, state, state_id, counters, now)
+        key, stamp = lane.uuid_in(sid), lane.time_in(now)
+        rows = [
+            (lane.uuid_in(message.id), key, message.seq, message.role, message.content,
+             str(item.metadata), stamp)
+            for message, item in zip(stored, items, strict=True)
+        ]  # fmt: skip
+        if len(rows) == 1:
+            await lane.execute(db, sql.insert_message_sql(lane.style), rows[0])
+        elif rows:
+            await lane.execute_many(db, sql.insert_message_sql(lane.style), rows)
+        if saved is not None:
+            state_row = (lane.uuid_in(state_id), key, saved.version, str(state), stamp)
+            await lane.execute(db, sql.insert_state_sql(lane.style), state_row)
+        return stored, saved
+
+    async def _sqlite_write(
+        self,
+        sid: uuid.UUID,
+        items: Sequence[_NewMessage],
+        state: EncodedJSON | None,
+        expected_version: int | None,
+        db: Any,
+    ) -> tuple[list[Message], AgentState | None]:
+        """:meth:`_lean_write` on SQLite as one hop to aiosqlite's thread (sql.sqlite_write)."""
+        lane = self._backend.lane
+        now = _now()
+        bump, params = self._bump_statement(sid, len(items), state, expected_version, now, False)
+        ids = [uuid7() for _ in items]
+        state_id = uuid7()
+        key, stamp = lane.uuid_in(sid), lane.time_in(now)
+        rows = [
+            (lane.uuid_in(message_id), key, item.role, item.content, str(item.metadata), stamp)
+            for message_id, item in zip(ids, items, strict=True)
+        ]
+        state_row = None if state is None else (lane.uuid_in(state_id), key, str(state), stamp)
+        counters = await sql.sqlite_in_thread(db, sql.sqlite_write, bump, params, rows, state_row)
+        if counters is None:
+            raise await self._lean_unmatched(db, sid, expected_version)
+        return _turn_records(sid, items, ids, state, state_id, counters, now)
+
+    def _bump_statement(
+        self,
+        sid: uuid.UUID,
+        messages: int,
+        state: EncodedJSON | None,
+        expected_version: int | None,
+        now: datetime,
+        packed: bool,
+    ) -> tuple[str, list[Any]]:
+        """:meth:`_bump` in driver-level SQL (SQLite and MySQL): its text and parameters."""
+        lane = self._backend.lane
+        text = sql.bump_sql(lane.style, expected_version is not None, *self._scope_shape(), packed)
+        params = sql.bump_params(packed, lane.time_in(now), messages, int(state is not None))
+        params.append(lane.uuid_in(sid))
+        if expected_version is not None:
+            params.append(expected_version)
+        return text, params + self._scope_params()
+
+    async def _lean_unmatched(
+        self, db: Any, sid: uuid.UUID, expected_version: int | None
+    ) -> PersistenceError:
+        """The bump matched no row: say whether the session is missing or at another version."""
+        version = await self._lean_session_version(db, sid)
+        if version is None:
+            return self._not_found(sid)
+        return ConflictError(
+            f"session {sid} is at state version {version}, not the expected {expected_version}"
+        )
+
+    async def _lean_session_version(self, db: Any, sid: uuid.UUID) -> int | None:
+        """The session's state_version, ``None`` if it does not exist or is out of scope."""
+        lane = self._backend.lane
+        text = sql.session_exists_sql(lane.style, *self._scope_shape())
+        rows = await lane.fetch(db, text, [lane.uuid_in(sid), *self._scope_params()])
+        return int(rows[0][0]) if rows else None
+
+    async def _lean_require_session(self, db: Any, sid: uuid.UUID) -> None:
+        if await self._lean_session_version(db, sid) is None:
+            raise self._not_found(sid)
+
+    def _scope_shape(self) -> tuple[bool, bool]:
+        """Which scope filters apply: (tenant, user); the cache key of scoped SQL."""
+        return self._scope.tenant_id is not None, self._scope.user_id is not None
+
+    def _scope_params(self) -> list[Any]:
+        """Bound values of the scope filters, in :meth:`_scope_shape` order."""
+        lane = self._backend.lane
+        scope = self._scope
+        return [
+            lane.uuid_in(value) for value in (scope.tenant_id, scope.user_id) if value is not None
+        ]
 
     async def _bump(
         self,
@@ -901,6 +1117,7 @@ class Store:
     ) -> tuple[int, int]:
         """Reserve ``messages`` seq numbers (and a state version); returns the new counters.
 
+        The Core fallback of :meth:`_lean_bump`, for SQLite builds without RETURNING.
         The UPDATE locks the session row until commit, so concurrent writers to one session
         queue here and seq stays gap-free; a rolled-back turn releases its numbers.
         """
@@ -913,18 +1130,6 @@ class Store:
         if expected_version is not None:
             stmt = stmt.where(s_t.c.state_version == expected_version)
         row: Any
-        if not self._backend.update_returning and messages and not with_state:
-            # MySQL/MariaDB have no UPDATE ... RETURNING: LAST_INSERT_ID(expr) hands the new
-            # last_seq back in the OK packet (cursor.lastrowid), which saves the SELECT.
-            # state_version is not needed without a state, so 0 stands in for it.
-            values["last_seq"] = func.last_insert_id(s_t.c.last_seq + messages)
-            stmt = update(s_t).where(*self._session_filter(sid)).values(values)
-            if expected_version is not None:
-                stmt = stmt.where(s_t.c.state_version == expected_version)
-            result = await conn.execute(stmt)
-            if result.rowcount and result.lastrowid:
-                return int(result.lastrowid), 0
-            await self._raise_unmatched(conn, sid, expected_version)
         if self._backend.update_returning:
             result = await conn.execute(stmt.returning(s_t.c.last_seq, s_t.c.state_version))
             row = result.first()
@@ -939,7 +1144,7 @@ class Store:
 
     async def _pg_write(
         self,
-        conn: AsyncConnection,
+        db: Any,
         sid: uuid.UUID,
         items: Sequence[_NewMessage],
         ids: Sequence[uuid.UUID],
@@ -976,10 +1181,10 @@ class Store:
             params.append(scope.tenant_id)
         if scope.user_id is not None:
             params.append(scope.user_id)
-        row: Any = (await conn.exec_driver_sql(sql, tuple(params))).first()
-        if row is None:
-            await self._raise_unmatched(conn, sid, expected_version)
-        return int(row[0]), int(row[1])
+        rows = await self._backend.lane.fetch(db, sql, params)
+        if not rows:
+            raise await self._lean_unmatched(db, sid, expected_version)
+        return int(rows[0][0]), int(rows[0][1])
 
     async def _raise_unmatched(
         self, conn: AsyncConnection, sid: uuid.UUID, expected_version: int | None
@@ -995,49 +1200,104 @@ class Store:
             f"not the expected {expected_version}"
         )
 
-    async def _run(self, work: Work[T], *, write: bool, action: str, one_read: bool = False) -> T:
+    async def _run(
+        self,
+        work: Work[T] | LeanWork[T],
+        *,
+        write: bool,
+        action: str,
+        one_read: bool = False,
+        lean: bool = False,
+        own_transaction: bool = False,
+    ) -> T:
         """Run ``work`` in one transaction, retrying where that is known to be safe.
 
         ``one_read`` marks reads whose answer is one SELECT (a second one only to tell "no
-        rows" from "no session"). On PostgreSQL they run in autocommit: BEGIN and COMMIT are
-        two of the three round trips of such a read, and a single statement is atomic anyway.
+        rows" from "no session"). Where the dialect allows they run in autocommit: BEGIN and
+        COMMIT would be two of the three round trips (or thread hops) of such a read, and a
+        single statement is atomic anyway.
+
+        ``lean`` work gets the pooled *driver* connection instead of a SQLAlchemy one and
+        runs :mod:`mofa_persist.sql` statements on it (see there why); with
+        ``own_transaction`` it also begins, commits and rolls back itself.
         """
         backend = self._backend
         if backend.closed:
             raise BackendError(
                 f"{self!r} is closed", host=backend.url.host, database=backend.url.database
             )
+        # On a server backend the whole call, retries included, ends within call_timeout. A
+        # connection that timed out or was cancelled mid-call is dropped, never rolled back
+        # or returned to the pool: talking to a hung server would hang again.
+        loop = asyncio.get_running_loop()
+        deadline = None if backend.call_timeout is None else loop.time() + backend.call_timeout
         attempt = 0
         while True:
             attempt += 1
-            committing = False
+            progress = _Progress()
+            bound = asyncio.timeout_at(deadline)
             try:
-                async with backend.turn(write):
+                async with bound, backend.turn(write):
+                    if lean and backend.pinned is not None:
+                        # The in-memory database: its one connection, used under the lock.
+                        return await self._attempt_lean(
+                            backend.pinned,
+                            None,
+                            cast("LeanWork[T]", work),
+                            write,
+                            self._lean_transactional(write, one_read, own_transaction),
+                            progress,
+                        )
+                    if lean:
+                        # Straight from the pool: lean work needs no SQLAlchemy Connection.
+                        # Bounded: a server that accepts TCP but never answers must not hang.
+                        async with asyncio.timeout(backend.connect_timeout):
+                            pooled = await greenlet_spawn(backend.engine.sync_engine.raw_connection)
+                        try:
+                            result = await self._attempt_lean(
+                                pooled.driver_connection,
+                                pooled,
+                                cast("LeanWork[T]", work),
+                                write,
+                                self._lean_transactional(write, one_read, own_transaction),
+                                progress,
+                            )
+                            progress.clean = True
+                            return result
+                        except Exception:
+                            progress.clean = not bound.expired()
+                            raise
+                        finally:
+                            if not (progress.clean or backend.is_sqlite) and pooled.is_valid:
+                                with contextlib.suppress(*DRIVER_ERRORS):
+                                    await greenlet_spawn(pooled.invalidate)
+                            with contextlib.suppress(*DRIVER_ERRORS):
+                                await greenlet_spawn(pooled.close)  # back to the pool
                     conn = backend.engine.connect()
-                    # Bounded: a server that accepts TCP but never answers must not hang us.
                     async with asyncio.timeout(backend.connect_timeout):
                         await conn.start()
                     try:
-                        if backend.is_sqlite and not write:
-                            await conn.execution_options(**{SQLITE_READ_ONLY: True})
-                        elif one_read and backend.one_statement:
-                            await conn.execution_options(isolation_level="AUTOCOMMIT")
-                        transaction = await conn.begin()
-                        try:
-                            result = await work(conn)
-                        except BaseException:
-                            with contextlib.suppress(*DRIVER_ERRORS):
-                                await transaction.rollback()
-                            raise
-                        committing = True
-                        await transaction.commit()
+                        result = await self._attempt(
+                            conn, cast("Work[T]", work), write, one_read, progress
+                        )
+                        progress.clean = True
                         return result
+                    except Exception:
+                        progress.clean = not bound.expired()
+                        raise
                     finally:
+                        # SQLite rolled back already; dropping the in-memory store's one
+                        # connection would lose its database.
+                        if not (progress.clean or backend.is_sqlite):
+                            with contextlib.suppress(*DRIVER_ERRORS):
+                                await conn.invalidate()
                         with contextlib.suppress(*DRIVER_ERRORS):
                             await conn.close()
             except PersistenceError:
                 raise
             except DRIVER_ERRORS as error:
+                if bound.expired():
+                    raise self._timed_out(action, committing=progress.committing) from error
                 failure = classify(error)
                 if failure is Failure.UNIQUE:
                     raise ConflictError(f"could not {action}: a unique key is taken") from error
@@ -1048,14 +1308,96 @@ class Store:
                     # COMMIT the outcome is unknown, and redoing it could write twice.
                     retry = (
                         failure is Failure.CONNECTION
-                        and not committing
+                        and not progress.committing
                         and attempt < _MAX_CONNECTION_ATTEMPTS
                     )
+                # Exponential backoff with jitter, capped: lock races clear in milliseconds.
+                pause = min(0.5, 0.005 * 2**attempt) * (0.5 + random.random())
+                if retry and deadline is not None and loop.time() + pause >= deadline:
+                    raise self._timed_out(action, committing=False) from error
                 if retry:
-                    # Exponential backoff with jitter, capped: lock races clear in milliseconds.
-                    await asyncio.sleep(min(0.5, 0.005 * 2**attempt) * (0.5 + random.random()))
+                    await asyncio.sleep(pause)
                     continue
                 raise to_backend_error(error, backend.url, action) from error
+
+    def _timed_out(self, action: str, *, committing: bool) -> BackendError:
+        url = self._backend.url
+        outcome = " (it may or may not have been committed)" if committing else ""
+        return BackendError(
+            f"{url.kind} database at {url.host}/{url.database} did not answer within "
+            f"{self._backend.call_timeout:g}s to {action}{outcome}",
+            host=url.host,
+            database=url.database,
+        )
+
+    async def _attempt(
+        self, conn: AsyncConnection, work: Work[T], write: bool, one_read: bool, progress: _Progress
+    ) -> T:
+        """One try of :meth:`_run` through SQLAlchemy."""
+        backend = self._backend
+        if backend.is_sqlite and not write:
+            await conn.execution_options(**{SQLITE_READ_ONLY: True})
+        elif one_read and backend.one_statement:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        transaction = await conn.begin()
+        try:
+            result = await work(conn)
+        except BaseException as error:
+            # After a cancellation or timeout a server connection is dropped instead: a hung
+            # server would hang the ROLLBACK too. SQLite's is local and cannot hang.
+            if isinstance(error, Exception) or backend.is_sqlite:
+                with contextlib.suppress(*DRIVER_ERRORS):
+                    await transaction.rollback()
+            raise
+        progress.committing = True
+        await transaction.commit()
+        return result
+
+    def _lean_transactional(self, write: bool, one_read: bool, own_transaction: bool) -> bool:
+        """Whether _attempt_lean wraps the work in BEGIN ... COMMIT."""
+        if own_transaction:
+            return False
+        return write or not (one_read and self._backend.lane.autocommit_reads)
+
+    async def _attempt_lean(
+        self,
+        db: Any,
+        pooled: PoolProxiedConnection | None,
+        work: LeanWork[T],
+        write: bool,
+        transactional: bool,
+        progress: _Progress,
+    ) -> T:
+        """One try of :meth:`_run` on the driver connection ``db`` (checked out as ``pooled``)."""
+        lane = self._backend.lane
+        # Work that commits by itself may fail mid-COMMIT: never retry a dropped connection.
+        progress.committing = write and not transactional
+        try:
+            if transactional:
+                await lane.begin(db, write)
+            try:
+                result = await work(db)
+            except BaseException as error:
+                # After a cancellation or timeout _run drops a server connection instead.
+                if transactional and (isinstance(error, Exception) or self._backend.is_sqlite):
+                    try:
+                        await lane.rollback(db)
+                    except DRIVER_ERRORS:
+                        # A transaction may still be open: never hand this connection out.
+                        if pooled is not None:
+                            with contextlib.suppress(*DRIVER_ERRORS):
+                                await greenlet_spawn(pooled.invalidate)
+                raise
+            if transactional:
+                progress.committing = True
+                await lane.commit(db)
+            return result
+        except DRIVER_ERRORS as error:
+            if pooled is not None and classify(error) is Failure.CONNECTION:
+                # SQLAlchemy did not see the failure: make the pool drop this connection.
+                with contextlib.suppress(*DRIVER_ERRORS):
+                    await greenlet_spawn(pooled.invalidate, error)
+            raise
 
     def _check_items(self, items: Iterable[Mapping[str, Any]]) -> list[_NewMessage]:
         if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
@@ -1236,6 +1578,7 @@ class MemoryStore(Store):
         connect_timeout: float = 10.0,
         pool_size: int = 10,
         max_overflow: int = 10,
+        call_timeout: float | None = 30.0,
     ) -> Self:
         return await super().connect(
             url or "memory://",
@@ -1243,6 +1586,7 @@ class MemoryStore(Store):
             connect_timeout=connect_timeout,
             pool_size=pool_size,
             max_overflow=max_overflow,
+            call_timeout=call_timeout,
         )
 
 
@@ -1265,6 +1609,7 @@ async def connect(
     connect_timeout: float = 10.0,
     pool_size: int = 10,
     max_overflow: int = 10,
+    call_timeout: float | None = 30.0,
 ) -> Store:
     """Connect to any backend: ``url``, else ``DATABASE_URL``, else in-memory.
 
@@ -1277,4 +1622,5 @@ async def connect(
         connect_timeout=connect_timeout,
         pool_size=pool_size,
         max_overflow=max_overflow,
+        call_timeout=call_timeout,
     )

@@ -93,7 +93,11 @@ def classify(error: BaseException) -> Failure:
         return Failure.CONNECTION
     if isinstance(error, (sa_exc.InterfaceError, sa_exc.DisconnectionError)):
         return Failure.CONNECTION
-    if type(driver).__name__ in ("ConnectionDoesNotExistError", "InterfaceError"):
+    if type(driver).__name__ in (
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "InternalClientError",
+    ):
         return Failure.CONNECTION
     return Failure.OTHER
 
@@ -130,11 +134,19 @@ def _driver_error_types() -> tuple[type[BaseException], ...]:
         TimeoutError,
         sqlite3.Error,
     ]
+    # DBAPI errors of SQLAlchemy's async adapters (e.g. asyncpg's "the database system is
+    # starting up", raised while the pool connects) are not SQLAlchemyError subclasses.
+    emulated = getattr(sa_exc, "EmulatedDBAPIException", None)
+    if emulated is not None:
+        found.append(emulated)
     try:
         import asyncpg
 
         found.append(asyncpg.PostgresError)
         found.append(asyncpg.InterfaceError)
+        # Raised when a connection is used while an earlier, interrupted operation (a timeout
+        # or a server going away) is still in progress on it: that connection is unusable.
+        found.append(asyncpg.InternalClientError)
     except ImportError:  # the postgres extra is not installed
         pass
     try:

@@ -204,3 +204,9 @@ async def test_store_survives_a_reconnect_of_the_same_database(
 def test_environment_has_no_stray_database_url() -> None:
     """The suite must not silently run against a database from the caller's environment."""
     assert os.environ.get("DATABASE_URL") in (None, "")
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True])
+async def test_bad_call_timeout_is_refused(bad: object) -> None:
+    with pytest.raises(InvalidInputError, match="call_timeout"):
+        await mofa_persist.connect("memory://", call_timeout=bad)  # type: ignore[arg-type]

@@ -1,0 +1,427 @@
+"""Driver-level SQL for the store's hot paths, cached per dialect and call shape.
+
+Why: through SQLAlchemy every statement costs a Core rebuild, a compile-cache lookup, a
+greenlet switch and per-column result processors, several times the driver's own work. The
+hot paths (append, turn, newest-N, session listing, get_session) therefore run hand-written
+SQL straight on the pooled driver connection (asyncpg, aiomysql, aiosqlite). A :class:`Lane`
+holds what differs per dialect: placeholders, how values are bound (UUIDs as 32 hex
+characters and UTC wall-clock datetimes on SQLite/MySQL, exactly as SQLAlchemy's types store
+them) and how rows become records, with the same Python types SQLAlchemy returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .records import Message, Session
+from .validate import decode_document
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Callable, Sequence
+
+T = TypeVar("T")
+
+#: Columns in record field order, so ``Record(*row)`` needs no name lookup.
+SESSION_COLUMNS = (
+    "id, user_id, tenant_id, agent_id, title, metadata, created_at, updated_at, "
+    "last_seq, state_version"
+)
+MESSAGE_COLUMNS = "id, session_id, seq, role, content, metadata, created_at"
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, session_id, seq, role, content, metadata, created_at) VALUES "
+)
+_INSERT_STATE = "INSERT INTO agent_state (id, session_id, version, state, created_at) VALUES "
+
+
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def uuid_from_hex(text: str) -> uuid.UUID:
+    """``uuid.UUID(hex=text)`` for the 32 hex digits SQLAlchemy stores, without UUID()'s
+    handling of other spellings (a fifth of the cost of reading a message row)."""
+    if len(text) != 32:
+        return uuid.UUID(hex=text)
+    value: uuid.UUID = _new_object(uuid.UUID)
+    _set_slot(value, "int", int(text, 16))
+    _set_slot(value, "is_safe", _SAFE_UNKNOWN)
+    return value
+
+
+class _Marks:
+    """Hands out placeholders in order: ``?``, ``%s`` or ``$1, $2, ...``."""
+
+    def __init__(self, style: str) -> None:
+        self.style = style
+        self.count = 0
+
+    def __call__(self) -> str:
+        self.count += 1
+        return f"${self.count}" if self.style == "numeric" else self.style
+
+
+def _session_filter(mark: _Marks, tenant: bool, user: bool, extra: str = "") -> str:
+    conditions = [f"id = {mark()}"]
+    if extra:
+        conditions.append(f"{extra} = {mark()}")
+    if tenant:
+        conditions.append(f"tenant_id = {mark()}")
+    if user:
+        conditions.append(f"user_id = {mark()}")
+    return " WHERE " + " AND ".join(conditions)
+
+
+@functools.cache
+def session_filter_sql(style: str, tenant: bool, user: bool) -> str:
+    """``WHERE`` for one session in scope; parameters: id, [tenant,] [user]."""
+    return _session_filter(_Marks(style), tenant, user)
+
+
+@functools.cache
+def get_session_sql(style: str, tenant: bool, user: bool) -> str:
+    return f"SELECT {SESSION_COLUMNS} FROM sessions" + session_filter_sql(style, tenant, user)
+
+
+@functools.cache
+def session_exists_sql(style: str, tenant: bool, user: bool) -> str:
+    return "SELECT state_version FROM sessions" + session_filter_sql(style, tenant, user)
+
+
+@functools.cache
+def messages_sql(
+    style: str, tenant: bool, user: bool, before: bool, after: bool, newest: bool, limit: bool
+) -> str:
+    """get_messages; parameters: session id, [tenant, user,] [before,] [after,] [limit]."""
+    mark = _Marks(style)
+    conditions = [f"session_id = {mark()}"]
+    if tenant:
+        # Scoped: the session must be in scope, checked in the same statement.
+        scope = f"s.id = {mark()} AND s.tenant_id = {mark()}"
+        if user:
+            scope += f" AND s.user_id = {mark()}"
+        conditions.append(f"EXISTS (SELECT 1 FROM sessions s WHERE {scope})")
+    if before:
+        conditions.append(f"seq < {mark()}")
+    if after:
+        conditions.append(f"seq > {mark()}")
+    sql = (
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(conditions)} "
+        f"ORDER BY seq {'DESC' if newest else 'ASC'}"
+    )
+    if limit:
+        sql += f" LIMIT {mark()}"
+    return sql
+
+
+@functools.cache
+def list_sessions_sql(style: str, columns: tuple[str, ...], cursor: bool) -> str:
+    """One page, newest first; parameters: one per filter column, [cursor x3,] limit."""
+    mark = _Marks(style)
+    conditions = [f"{column} = {mark()}" for column in columns]
+    if cursor:
+        # The first term bounds the index range; the second only breaks ties.
+        conditions.append(f"updated_at <= {mark()}")
+        conditions.append(f"(updated_at < {mark()} OR id < {mark()})")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return (
+        f"SELECT {SESSION_COLUMNS} FROM sessions{where} "
+        f"ORDER BY updated_at DESC, id DESC LIMIT {mark()}"
+    )
+
+
+@functools.cache
+def insert_message_sql(style: str) -> str:
+    mark = _Marks(style)
+    return _INSERT_MESSAGE + "(" + ", ".join(mark() for _ in range(7)) + ")"
+
+
+@functools.cache
+def insert_state_sql(style: str) -> str:
+    mark = _Marks(style)
+    return _INSERT_STATE + "(" + ", ".join(mark() for _ in range(5)) + ")"
+
+
+@functools.cache
+def bump_sql(style: str, expected: bool, tenant: bool, user: bool, packed: bool) -> str:
+    """Reserve seq numbers and a state version. Parameters: see :func:`bump_params`, then
+    id, [expected version,] [tenant,] [user].
+
+    ``packed`` (MySQL/MariaDB, no UPDATE ... RETURNING): LAST_INSERT_ID(expr) hands one
+    number back in the OK packet (cursor.lastrowid), which saves a SELECT; both new counters
+    travel in it as ``last_seq * 2**32 + state_version`` (both are 32-bit INT columns). The
+    expression is the first assignment, so it reads the old values under either MariaDB
+    assignment mode.
+    """
+    mark = _Marks(style)
+    if packed:
+        assignments = (
+            f"last_seq = LAST_INSERT_ID((last_seq + {mark()}) * 4294967296 "
+            f"+ state_version + {mark()}) DIV 4294967296, "
+            f"state_version = state_version + {mark()}, updated_at = {mark()}"
+        )
+    else:
+        assignments = (
+            f"updated_at = {mark()}, last_seq = last_seq + {mark()}, "
+            f"state_version = state_version + {mark()}"
+        )
+    where = _session_filter(mark, tenant, user, "state_version" if expected else "")
+    returning = "" if packed else " RETURNING last_seq, state_version"
+    return f"UPDATE sessions SET {assignments}{where}{returning}"
+
+
+def bump_params(packed: bool, now: Any, messages: int, states: int) -> list[Any]:
+    """The leading parameters of :func:`bump_sql`, in the order of its placeholders."""
+    return [messages, states, states, now] if packed else [now, messages, states]
+
+
+def unpack_counters(packed: int) -> tuple[int, int]:
+    """(last_seq, state_version) from the LAST_INSERT_ID value of a packed bump."""
+    return packed >> 32, packed & 0xFFFFFFFF
+
+
+class Lane:
+    """One dialect's driver-level access: placeholders, value codecs and transactions."""
+
+    #: Placeholder style of the driver: "?" (sqlite3), "%s" (pymysql) or "numeric" ($1).
+    style = "?"
+    #: A lone SELECT may run without BEGIN/COMMIT (atomic on its own).
+    autocommit_reads = True
+
+    # -- values in
+    def uuid_in(self, value: uuid.UUID) -> Any:
+        return value.hex  # CHAR(32), as SQLAlchemy's Uuid stores it without a native type
+
+    def time_in(self, value: datetime) -> Any:
+        # SQLAlchemy's SQLite DATETIME text format, of the UTC wall clock.
+        wall = value.astimezone(UTC)
+        return (
+            f"{wall.year:04d}-{wall.month:02d}-{wall.day:02d} "
+            f"{wall.hour:02d}:{wall.minute:02d}:{wall.second:02d}.{wall.microsecond:06d}"
+        )
+
+    # -- values out (same types as the SQLAlchemy column types return)
+    def uuid_out(self, value: Any) -> uuid.UUID:
+        return uuid_from_hex(value)
+
+    def time_out(self, value: Any) -> datetime:
+        try:
+            # SQLAlchemy's SQLite text has no offset: parsing it with one added is several
+            # times faster than .replace(tzinfo=UTC) after, and yields the same UTC object.
+            return datetime.fromisoformat(value + "+00:00")
+        except ValueError:
+            parsed = datetime.fromisoformat(value)
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    def sessions(self, rows: Sequence[Sequence[Any]]) -> list[Session]:
+        uuid_out, time_out = self.uuid_out, self.time_out
+        # A page usually repeats one user/tenant/agent: convert each distinct id once.
+        owners: dict[Any, uuid.UUID | None] = {None: None}
+
+        def owner(value: Any) -> uuid.UUID | None:
+            found = owners.get(value, owners)
+            if found is owners:
+                found = owners[value] = uuid_out(value)
+            return found  # type: ignore[return-value]
+
+        return [
+            Session(
+                uuid_out(r[0]),
+                owner(r[1]),
+                owner(r[2]),
+                owner(r[3]),
+                r[4],
+                document(r[5]),
+                time_out(r[6]),
+                time_out(r[7]),
+                r[8],
+                r[9],
+            )
+            for r in rows
+        ]
+
+    def messages(self, rows: Sequence[Sequence[Any]]) -> list[Message]:
+        if not rows:
+            return []
+        # One session per read: convert its id once.
+        sid = self.uuid_out(rows[0][1])
+        uuid_out, time_out = self.uuid_out, self.time_out
+        return [
+            Message(uuid_out(r[0]), sid, r[2], r[3], r[4], document(r[5]), time_out(r[6]))
+            for r in rows
+        ]
+
+    # -- statements (aiosqlite: each call is one hop to the connection's thread)
+    async def fetch(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        rows: Sequence[Sequence[Any]] = await db.execute_fetchall(sql, params)
+        return rows
+
+    async def execute(self, db: Any, sql: str, params: Sequence[Any]) -> int:
+        """Run a statement; returns MySQL's lastrowid where that carries data, else 0."""
+        await db.execute_fetchall(sql, params)
+        return 0
+
+    async def execute_many(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await db.executemany(sql, rows)
+
+    async def begin(self, db: Any, write: bool) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front (see engine._configure_sqlite).
+        await db.execute_fetchall("BEGIN IMMEDIATE" if write else "BEGIN", ())
+
+    async def commit(self, db: Any) -> None:
+        await db.commit()
+
+    async def rollback(self, db: Any) -> None:
+        await db.rollback()
+
+
+class MySqlLane(Lane):
+    style = "%s"
+    # The connection is not in autocommit mode: even a SELECT opens a transaction to end.
+    autocommit_reads = False
+
+    def time_in(self, value: datetime) -> Any:
+        return value.astimezone(UTC).replace(tzinfo=None)  # DATETIME(6) holds the UTC wall clock
+
+    def time_out(self, value: Any) -> datetime:
+        result: datetime = value.replace(tzinfo=UTC)
+        return result
+
+    async def fetch(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        async with db.cursor() as cursor:
+            await cursor.execute(sql, params)
+            rows: Sequence[Sequence[Any]] = await cursor.fetchall()
+            return rows
+
+    async def execute(self, db: Any, sql: str, params: Sequence[Any]) -> int:
+        async with db.cursor() as cursor:
+            await cursor.execute(sql, params)
+            return int(cursor.lastrowid or 0)
+
+    async def execute_many(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        # aiomysql rewrites INSERT ... VALUES into multi-row statements: one round trip.
+        async with db.cursor() as cursor:
+            await cursor.executemany(sql, rows)
+
+    async def begin(self, db: Any, write: bool) -> None:
+        pass  # the first statement opens the transaction: no BEGIN round trip
+
+
+class PgLane(Lane):
+    style = "numeric"
+
+    def uuid_in(self, value: uuid.UUID) -> Any:
+        return value
+
+    def time_in(self, value: datetime) -> Any:
+        return value.astimezone(UTC)
+
+    def uuid_out(self, value: Any) -> uuid.UUID:
+        return value  # type: ignore[no-any-return]  # asyncpg's UUID, as SQLAlchemy returns it
+
+    def time_out(self, value: Any) -> datetime:
+        result: datetime = value.astimezone(UTC)
+        return result
+
+    async def fetch(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        # asyncpg prepares and caches the statement by its text.
+        rows: Sequence[Sequence[Any]] = await db.fetch(sql, *params)
+        return rows
+
+    async def execute(self, db: Any, sql: str, params: Sequence[Any]) -> int:
+        await db.execute(sql, *params)
+        return 0
+
+    async def execute_many(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await db.executemany(sql, rows)
+
+    async def begin(self, db: Any, write: bool) -> None:
+        await db.execute("BEGIN")
+
+    async def commit(self, db: Any) -> None:
+        await db.execute("COMMIT")
+
+    async def rollback(self, db: Any) -> None:
+        await db.execute("ROLLBACK")
+
+
+def _aiosqlite_can_run_functions() -> bool:
+    try:
+        import aiosqlite
+    except ImportError:
+        return False
+    connection = aiosqlite.Connection
+    return callable(getattr(connection, "_execute", None)) and isinstance(
+        getattr(connection, "_conn", None), property
+    )
+
+
+#: aiosqlite can run a function in its worker thread (``_execute``, on ``_conn``): a whole
+#: write transaction then costs one thread hop instead of one per statement. Both names are
+#: private, so this is checked, and writes fall back to a hop per statement without them.
+SQLITE_ONE_HOP = _aiosqlite_can_run_functions()
+
+
+async def sqlite_in_thread(db: Any, function: Callable[..., T], *args: Any) -> T:
+    """Run ``function(sqlite3_connection, *args)`` in aiosqlite's thread (see SQLITE_ONE_HOP)."""
+    result: T = await db._execute(lambda: function(db._conn, *args))
+    return result
+
+
+def sqlite_write(
+    conn: sqlite3.Connection,
+    bump: str,
+    bump_params: Sequence[Any],
+    messages: Sequence[tuple[Any, Any, str, str, str, Any]],
+    state: tuple[Any, Any, str, Any] | None,
+) -> tuple[int, int] | None:
+    """A whole turn on SQLite, in the worker thread: BEGIN IMMEDIATE, bump, inserts, COMMIT.
+
+    ``messages`` are (id, session, role, content, metadata, created_at) and ``state`` is
+    (id, session, document, created_at): seq and version come from the bump. Returns the new
+    counters, or ``None`` (rolled back) when the bump matched no session.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        counters = conn.execute(bump, bump_params).fetchall()
+        if not counters:
+            conn.rollback()
+            return None
+        last_seq, version = int(counters[0][0]), int(counters[0][1])
+        first = last_seq - len(messages) + 1
+        if messages:
+            conn.executemany(
+                insert_message_sql("?"),
+                [(m[0], m[1], first + i, m[2], m[3], m[4], m[5]) for i, m in enumerate(messages)],
+            )
+        if state is not None:
+            conn.execute(insert_state_sql("?"), (state[0], state[1], version, state[2], state[3]))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return last_seq, version
+
+
+def document(value: Any) -> dict[str, Any]:
+    """:func:`~mofa_persist.validate.decode_document` with a fast path for JSON text."""
+    if type(value) is str:
+        if value == "{}":  # the common empty document
+            return {}
+        loaded = json.loads(value)
+        if type(loaded) is dict:
+            return loaded
+    return decode_document(value)
+
+
+def lane_for(kind: str) -> Lane:
+    if kind == "mysql":
+        return MySqlLane()
+    if kind == "postgresql":
+        return PgLane()
+    return Lane()
