@@ -1288,7 +1288,7 @@ class Store:
                     finally:
                         # SQLite rolled back already; dropping the in-memory store's one
                         # connection would lose its database.
-                        if not (progress.clean or backend.is_sqlite):
+                        if not (progress.clean or backend.is_sqlite or conn.invalidated):
                             with contextlib.suppress(*DRIVER_ERRORS):
                                 await conn.invalidate()
                         with contextlib.suppress(*DRIVER_ERRORS):
@@ -1384,7 +1384,7 @@ class Store:
                         await lane.rollback(db)
                     except DRIVER_ERRORS:
                         # A transaction may still be open: never hand this connection out.
-                        if pooled is not None:
+                        if pooled is not None and pooled.is_valid:
                             with contextlib.suppress(*DRIVER_ERRORS):
                                 await greenlet_spawn(pooled.invalidate)
                 raise
@@ -1393,7 +1393,7 @@ class Store:
                 await lane.commit(db)
             return result
         except DRIVER_ERRORS as error:
-            if pooled is not None and classify(error) is Failure.CONNECTION:
+            if pooled is not None and pooled.is_valid and classify(error) is Failure.CONNECTION:
                 # SQLAlchemy did not see the failure: make the pool drop this connection.
                 with contextlib.suppress(*DRIVER_ERRORS):
                     await greenlet_spawn(pooled.invalidate, error)
