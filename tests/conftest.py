@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,19 @@ async def _admin(backend: str, statements: list[str]) -> None:
                     await cursor.execute(statement)
         finally:
             conn.close()
+
+
+def build_wheel(folder: Path) -> Path:
+    """Build the project's wheel into ``folder`` (as a user's ``pip wheel .`` would)."""
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), str(repo)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    (wheel,) = folder.glob("mofa_persist-*.whl")
+    return wheel
 
 
 def url_on_server(backend: str, database: str) -> str:

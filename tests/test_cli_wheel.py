@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 import venv
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import create_database, drop_database, selected_backends
+from conftest import build_wheel, create_database, drop_database, selected_backends
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = [name for name in selected_backends() if name in ("postgresql", "mysql")]
@@ -27,13 +26,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``mofa-persist`` script of a fresh venv holding only the wheel and its deps."""
     root = tmp_path_factory.mktemp("wheel")
     wheels = root / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    (wheel,) = wheels.glob("mofa_persist-*.whl")
+    wheel = build_wheel(wheels)
     env_dir = root / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"

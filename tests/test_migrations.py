@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import create_database, drop_database, selected_backends
+from conftest import build_wheel, create_database, drop_database, selected_backends
 from sqlalchemy import inspect
 
 import mofa_persist
@@ -141,13 +141,7 @@ async def test_many_processes_connecting_to_a_fresh_database_migrate_once(fresh_
 @pytest.mark.slow
 def test_installed_wheel_migrates_from_outside_the_repository(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    (wheel,) = wheels.glob("mofa_persist-*.whl")
+    wheel = build_wheel(wheels)
     target = tmp_path / "site"
     subprocess.run(
         [
