@@ -6,36 +6,33 @@ small flags read off the engine's dialect.
 
 Every public method is one unit of work: validate, then one transaction, then translate any
 failure into :mod:`mofa_persist.errors`. Writes that lose a lock race (deadlock, serialization
-failure, lock timeout, SQLite busy) are retried here, because their transaction was rolled back
-whole; a failure while committing is never retried, because the outcome is unknown.
+failure, lock timeout, SQLite busy) are retried by :mod:`mofa_persist.runner`, because their
+transaction was rolled back whole; a failure while committing is never retried, because the
+outcome is unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
 import dataclasses
 import functools
-import json
 import math
 import os
-import random
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, cast
 
-from sqlalchemy import Row, and_, delete, exists, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 
 from . import migrate as migrations
-from . import sql
-from .engine import SQLITE_READ_ONLY, create_engine
+from . import runner, sql, writes
+from .backend import Scope as Scope
+from .backend import _Backend as _Backend
+from .backend import scope_filter, scope_params, scope_shape, session_filter
+from .convert import _loads, _NewMessage, _now, _session_record, _state_record
+from .cursor import _decode_cursor, _encode_cursor
+from .engine import create_engine
 from .errors import (
     BackendError,
     ConflictError,
@@ -55,7 +52,7 @@ from .records import (
     Turn,
     Usage,
 )
-from .translate import DRIVER_ERRORS, Failure, classify, to_backend_error
+from .translate import DRIVER_ERRORS, to_backend_error
 from .urls import DatabaseUrl, Kind, parse_url
 from .validate import (
     EncodedJSON,
@@ -69,24 +66,13 @@ from .validate import (
 )
 
 if TYPE_CHECKING:
+    import uuid
     from types import TracebackType
 
-    from sqlalchemy.pool import PoolProxiedConnection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
     from sqlalchemy.sql.elements import ColumnElement
 
-T = TypeVar("T")
-Work = Callable[[AsyncConnection], Awaitable[T]]
-#: Work on the pooled driver connection (asyncpg, aiomysql or aiosqlite), see mofa_persist.sql.
-LeanWork = Callable[[Any], Awaitable[T]]
-
-
-@dataclass(slots=True)
-class _Progress:
-    """How far one attempt got: a failure during COMMIT must not be retried."""
-
-    committing: bool = False
-    #: The attempt ended with the connection in a known state (committed or rolled back).
-    clean: bool = False
+    from .runner import LeanWork, T, Work
 
 
 class _Unset:
@@ -96,141 +82,12 @@ class _Unset:
 
 UNSET: Final = _Unset()
 
-_MAX_ATTEMPTS = 10  # for lock races: deadlocks, serialization failures, busy SQLite
-_MAX_CONNECTION_ATTEMPTS = 2  # a dropped connection is retried once, on a fresh one
 _DEFAULT_PAGE = 50
-_CURSOR_PREFIX = "v1."
 
 s_t = sessions_table
 m_t = messages_table
 a_t = agent_state_table
 c_t = api_calls_table
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """The tenant (and user) a scoped store is restricted to; ``None`` means unrestricted."""
-
-    tenant_id: uuid.UUID | None = None
-    user_id: uuid.UUID | None = None
-
-
-class _Backend:
-    """What all views of one connected store share: the engine and its locks."""
-
-    def __init__(
-        self,
-        url: DatabaseUrl,
-        engine: AsyncEngine,
-        connect_timeout: float,
-        call_timeout: float | None = None,
-    ) -> None:
-        self.url = url
-        self.engine = engine
-        self.connect_timeout = connect_timeout
-        # SQLite has no network to hang on (its lock waits are bounded by the busy timeout),
-        # and the in-memory database would be lost with its one connection: servers only.
-        self.call_timeout = call_timeout if url.kind in ("postgresql", "mysql") else None
-        self.closed = False
-        self.update_returning = bool(engine.dialect.update_returning)
-        self.is_sqlite = url.kind in ("sqlite", "memory")
-        # PostgreSQL bumps the counters and inserts the rows in one statement (see _pg_write).
-        self.one_statement = url.kind == "postgresql"
-        self.lane = sql.lane_for(url.kind)
-        self.pinned: Any = None  # memory only: the driver connection of the one connection
-        # Turns in driver-level SQL where the bump is one statement: SQLite with RETURNING,
-        # MySQL with LAST_INSERT_ID, PostgreSQL with the whole turn in one CTE (_pg_write).
-        self.lean_writes = url.kind in ("mysql", "postgresql") or (
-            self.is_sqlite and self.update_returning
-        )
-        # SQLite: the whole write transaction in one hop to aiosqlite's thread.
-        self.one_hop_writes = self.lean_writes and self.is_sqlite and sql.SQLITE_ONE_HOP
-        # The in-memory database is one shared connection: every unit of work takes turns.
-        # A SQLite file has one writer at a time anyway; queueing writers of this process
-        # here is cheaper than spinning on the file lock.
-        self._all_lock = asyncio.Lock() if url.kind == "memory" else None
-        self._write_lock = asyncio.Lock() if url.kind == "sqlite" else None
-
-    @contextlib.asynccontextmanager
-    async def turn(self, write: bool) -> AsyncIterator[None]:
-        lock = self._all_lock or (self._write_lock if write else None)
-        if lock is None:
-            yield
-            return
-        async with lock:
-            yield
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _loads(encoded: EncodedJSON) -> dict[str, Any]:
-    """A private copy of a validated document, as a later read would return it."""
-    if encoded == "{}":
-        return {}
-    result: dict[str, Any] = json.loads(encoded)
-    return result
-
-
-def _session_record(row: Row[Any]) -> Session:
-    # Column names are the records' field names, so a row maps onto its record directly.
-    return Session(**row._mapping)
-
-
-def _state_record(row: Row[Any]) -> AgentState:
-    return AgentState(**row._mapping)
-
-
-def _encode_cursor(updated_at: datetime, session_id: uuid.UUID) -> str:
-    raw = f"{updated_at.isoformat()}|{session_id.hex}".encode()
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: object) -> tuple[datetime, uuid.UUID]:
-    if not isinstance(cursor, str) or not cursor.startswith(_CURSOR_PREFIX):
-        raise InvalidInputError("cursor is malformed: pass a page's next_cursor unchanged")
-    body = cursor[len(_CURSOR_PREFIX) :]
-    try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
-        stamp, hex_id = raw.split("|")
-        updated_at = datetime.fromisoformat(stamp)
-        session_id = uuid.UUID(hex=hex_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInputError(
-            "cursor is malformed: pass a page's next_cursor unchanged"
-        ) from None
-    if updated_at.tzinfo is None:
-        raise InvalidInputError("cursor is malformed: pass a page's next_cursor unchanged")
-    return updated_at, session_id
-
-
-@dataclass(frozen=True, slots=True)
-class _NewMessage:
-    role: str
-    content: str
-    metadata: EncodedJSON
-
-
-def _turn_records(
-    sid: uuid.UUID,
-    items: Sequence[_NewMessage],
-    ids: Sequence[uuid.UUID],
-    state: EncodedJSON | None,
-    state_id: uuid.UUID,
-    counters: tuple[int, int],
-    now: datetime,
-) -> tuple[list[Message], AgentState | None]:
-    """The records a write stored, given the bumped (last_seq, state_version)."""
-    last_seq, version = counters
-    first = last_seq - len(items) + 1
-    stored = [
-        Message(message_id, sid, first + offset, item.role, item.content,
-                _loads(item.metadata), now)
-        for offset, (message_id, item) in enumerate(zip(ids, items, strict=True))
-    ]  # fmt: skip
-    saved = None if state is None else AgentState(state_id, sid, version, _loads(state), now)
-    return stored, saved
 
 
 class Store:
@@ -916,289 +773,45 @@ class Store:
         action: str,
     ) -> tuple[list[Message], AgentState | None]:
         """Bump the session's counters (taking its row lock), then insert rows: one transaction."""
-        if self._backend.one_hop_writes:
+        backend, scope = self._backend, self._scope
+        if backend.one_hop_writes:
             return await self._run(
-                functools.partial(self._sqlite_write, sid, items, state, expected_version),
+                functools.partial(
+                    writes.sqlite_write, backend, scope, sid, items, state, expected_version
+                ),
                 write=True,
                 action=action,
                 lean=True,
                 own_transaction=True,
             )
-        if self._backend.lean_writes:
+        if backend.lean_writes:
             return await self._run(
-                functools.partial(self._lean_write, sid, items, state, expected_version),
+                functools.partial(
+                    writes.lean_write, backend, scope, sid, items, state, expected_version
+                ),
                 write=True,
                 action=action,
                 lean=True,
             )
-        count = len(items)
-
-        async def work(conn: AsyncConnection) -> tuple[list[Message], AgentState | None]:
-            now = _now()
-            ids = [uuid7() for _ in items]
-            state_id = None if state is None else uuid7()
-            last_seq, version = await self._bump(
-                conn, sid, count, state is not None, expected_version, now
-            )
-            first = last_seq - count + 1
-            stored = [
-                Message(
-                    id=message_id,
-                    session_id=sid,
-                    seq=first + offset,
-                    role=item.role,
-                    content=item.content,
-                    metadata=_loads(item.metadata),
-                    created_at=now,
-                )
-                for offset, (message_id, item) in enumerate(zip(ids, items, strict=True))
-            ]
-            if stored:
-                rows = [
-                    {
-                        "id": message.id,
-                        "session_id": sid,
-                        "seq": message.seq,
-                        "role": message.role,
-                        "content": message.content,
-                        "metadata": item.metadata,
-                        "created_at": now,
-                    }
-                    for message, item in zip(stored, items, strict=True)
-                ]
-                await conn.execute(insert(m_t), rows)
-            saved = None
-            if state is not None:
-                assert state_id is not None
-                saved = AgentState(state_id, sid, version, _loads(state), now)
-                state_row = {
-                    "id": state_id,
-                    "session_id": sid,
-                    "version": version,
-                    "state": state,
-                    "created_at": now,
-                }
-                await conn.execute(insert(a_t), state_row)
-            return stored, saved
-
-        return await self._run(work, write=True, action=action)
-
-    async def _lean_write(
-        self,
-        sid: uuid.UUID,
-        items: Sequence[_NewMessage],
-        state: EncodedJSON | None,
-        expected_version: int | None,
-        db: Any,
-    ) -> tuple[list[Message], AgentState | None]:
-        """:meth:`_write_turn` in driver-level SQL: bump, insert the messages, insert the state
-        (PostgreSQL: all three in one statement, see :meth:`_pg_write`)."""
-        lane = self._backend.lane
-        now = _now()
-        ids = [uuid7() for _ in items]
-        state_id = uuid7()
-        if self._backend.one_statement:
-            pg_counters = await self._pg_write(
-                db, sid, items, ids, state, state_id, expected_version, now
-            )
-            return _turn_records(sid, items, ids, state, state_id, pg_counters, now)
-        counters: tuple[int, int] | None
-        packed = not self._backend.update_returning  # MySQL/MariaDB: see sql.bump_sql
-        bump, params = self._bump_statement(sid, len(items), state, expected_version, now, packed)
-        if packed:
-            value = await lane.execute(db, bump, params)
-            counters = sql.unpack_counters(value) if value else None
-        else:
-            found = await lane.fetch(db, bump, params)
-            counters = (int(found[0][0]), int(found[0][1])) if found else None
-        if counters is None:
-            raise await self._lean_unmatched(db, sid, expected_version)
-        stored, saved = _turn_records(sid, items, ids, state, state_id, counters, now)
-        key, stamp = lane.uuid_in(sid), lane.time_in(now)
-        rows = [
-            (lane.uuid_in(message.id), key, message.seq, message.role, message.content,
-             str(item.metadata), stamp)
-            for message, item in zip(stored, items, strict=True)
-        ]  # fmt: skip
-        if len(rows) == 1:
-            await lane.execute(db, sql.insert_message_sql(lane.style), rows[0])
-        elif rows:
-            await lane.execute_many(db, sql.insert_message_sql(lane.style), rows)
-        if saved is not None:
-            state_row = (lane.uuid_in(state_id), key, saved.version, str(state), stamp)
-            await lane.execute(db, sql.insert_state_sql(lane.style), state_row)
-        return stored, saved
-
-    async def _sqlite_write(
-        self,
-        sid: uuid.UUID,
-        items: Sequence[_NewMessage],
-        state: EncodedJSON | None,
-        expected_version: int | None,
-        db: Any,
-    ) -> tuple[list[Message], AgentState | None]:
-        """:meth:`_lean_write` on SQLite as one hop to aiosqlite's thread (sql.sqlite_write)."""
-        lane = self._backend.lane
-        now = _now()
-        bump, params = self._bump_statement(sid, len(items), state, expected_version, now, False)
-        ids = [uuid7() for _ in items]
-        state_id = uuid7()
-        key, stamp = lane.uuid_in(sid), lane.time_in(now)
-        rows = [
-            (lane.uuid_in(message_id), key, item.role, item.content, str(item.metadata), stamp)
-            for message_id, item in zip(ids, items, strict=True)
-        ]
-        state_row = None if state is None else (lane.uuid_in(state_id), key, str(state), stamp)
-        counters = await sql.sqlite_in_thread(db, sql.sqlite_write, bump, params, rows, state_row)
-        if counters is None:
-            raise await self._lean_unmatched(db, sid, expected_version)
-        return _turn_records(sid, items, ids, state, state_id, counters, now)
-
-    def _bump_statement(
-        self,
-        sid: uuid.UUID,
-        messages: int,
-        state: EncodedJSON | None,
-        expected_version: int | None,
-        now: datetime,
-        packed: bool,
-    ) -> tuple[str, list[Any]]:
-        """:meth:`_bump` in driver-level SQL (SQLite and MySQL): its text and parameters."""
-        lane = self._backend.lane
-        text = sql.bump_sql(lane.style, expected_version is not None, *self._scope_shape(), packed)
-        params = sql.bump_params(packed, lane.time_in(now), messages, int(state is not None))
-        params.append(lane.uuid_in(sid))
-        if expected_version is not None:
-            params.append(expected_version)
-        return text, params + self._scope_params()
-
-    async def _lean_unmatched(
-        self, db: Any, sid: uuid.UUID, expected_version: int | None
-    ) -> PersistenceError:
-        """The bump matched no row: say whether the session is missing or at another version."""
-        version = await self._lean_session_version(db, sid)
-        if version is None:
-            return self._not_found(sid)
-        return ConflictError(
-            f"session {sid} is at state version {version}, not the expected {expected_version}"
+        return await self._run(
+            functools.partial(
+                writes.core_write, backend, scope, sid, items, state, expected_version
+            ),
+            write=True,
+            action=action,
         )
 
-    async def _lean_session_version(self, db: Any, sid: uuid.UUID) -> int | None:
-        """The session's state_version, ``None`` if it does not exist or is out of scope."""
-        lane = self._backend.lane
-        text = sql.session_exists_sql(lane.style, *self._scope_shape())
-        rows = await lane.fetch(db, text, [lane.uuid_in(sid), *self._scope_params()])
-        return int(rows[0][0]) if rows else None
-
     async def _lean_require_session(self, db: Any, sid: uuid.UUID) -> None:
-        if await self._lean_session_version(db, sid) is None:
+        if await writes.lean_session_version(self._backend, self._scope, db, sid) is None:
             raise self._not_found(sid)
 
     def _scope_shape(self) -> tuple[bool, bool]:
         """Which scope filters apply: (tenant, user); the cache key of scoped SQL."""
-        return self._scope.tenant_id is not None, self._scope.user_id is not None
+        return scope_shape(self._scope)
 
     def _scope_params(self) -> list[Any]:
         """Bound values of the scope filters, in :meth:`_scope_shape` order."""
-        lane = self._backend.lane
-        scope = self._scope
-        return [
-            lane.uuid_in(value) for value in (scope.tenant_id, scope.user_id) if value is not None
-        ]
-
-    async def _bump(
-        self,
-        conn: AsyncConnection,
-        sid: uuid.UUID,
-        messages: int,
-        with_state: bool,
-        expected_version: int | None,
-        now: datetime,
-    ) -> tuple[int, int]:
-        """Reserve ``messages`` seq numbers (and a state version); returns the new counters.
-
-        The Core fallback of :meth:`_lean_bump`, for SQLite builds without RETURNING.
-        The UPDATE locks the session row until commit, so concurrent writers to one session
-        queue here and seq stays gap-free; a rolled-back turn releases its numbers.
-        """
-        values: dict[str, Any] = {"updated_at": now}
-        if messages:
-            values["last_seq"] = s_t.c.last_seq + messages
-        if with_state:
-            values["state_version"] = s_t.c.state_version + 1
-        stmt = update(s_t).where(*self._session_filter(sid)).values(values)
-        if expected_version is not None:
-            stmt = stmt.where(s_t.c.state_version == expected_version)
-        row: Any
-        if self._backend.update_returning:
-            result = await conn.execute(stmt.returning(s_t.c.last_seq, s_t.c.state_version))
-            row = result.first()
-        else:
-            row = None
-            if (await conn.execute(stmt)).rowcount:
-                counters = select(s_t.c.last_seq, s_t.c.state_version).where(s_t.c.id == sid)
-                row = (await conn.execute(counters)).first()
-        if row is None:
-            await self._raise_unmatched(conn, sid, expected_version)
-        return int(row.last_seq), int(row.state_version)
-
-    async def _pg_write(
-        self,
-        db: Any,
-        sid: uuid.UUID,
-        items: Sequence[_NewMessage],
-        ids: Sequence[uuid.UUID],
-        state: EncodedJSON | None,
-        state_id: uuid.UUID | None,
-        expected_version: int | None,
-        now: datetime,
-    ) -> tuple[int, int]:
-        """:meth:`_bump` and the inserts as ONE statement (data-modifying CTEs): one round
-        trip instead of three. The UPDATE still takes the session's row lock first, and the
-        inserts read the bumped counters, so the result is the same rows as the slow path."""
-        scope = self._scope
-        sql = _pg_write_sql(
-            bool(items),
-            state is not None,
-            expected_version is not None,
-            scope.tenant_id is not None,
-            scope.user_id is not None,
-        )
-        params: list[Any] = [sid, now]
-        if items:
-            params += [
-                len(items),
-                list(ids),
-                [item.role for item in items],
-                [item.content for item in items],
-                [str(item.metadata) for item in items],
-            ]
-        if state is not None:
-            params += [state_id, str(state)]
-        if expected_version is not None:
-            params.append(expected_version)
-        if scope.tenant_id is not None:
-            params.append(scope.tenant_id)
-        if scope.user_id is not None:
-            params.append(scope.user_id)
-        rows = await self._backend.lane.fetch(db, sql, params)
-        if not rows:
-            raise await self._lean_unmatched(db, sid, expected_version)
-        return int(rows[0][0]), int(rows[0][1])
-
-    async def _raise_unmatched(
-        self, conn: AsyncConnection, sid: uuid.UUID, expected_version: int | None
-    ) -> NoReturn:
-        """The bump matched no row: say whether the session is missing or at another version."""
-        current = (
-            await conn.execute(select(s_t.c.state_version).where(*self._session_filter(sid)))
-        ).first()
-        if current is None:
-            raise self._not_found(sid)
-        raise ConflictError(
-            f"session {sid} is at state version {current.state_version}, "
-            f"not the expected {expected_version}"
-        )
+        return scope_params(self._backend, self._scope)
 
     async def _run(
         self,
@@ -1212,192 +825,18 @@ class Store:
     ) -> T:
         """Run ``work`` in one transaction, retrying where that is known to be safe.
 
-        ``one_read`` marks reads whose answer is one SELECT (a second one only to tell "no
-        rows" from "no session"). Where the dialect allows they run in autocommit: BEGIN and
-        COMMIT would be two of the three round trips (or thread hops) of such a read, and a
-        single statement is atomic anyway.
-
-        ``lean`` work gets the pooled *driver* connection instead of a SQLAlchemy one and
-        runs :mod:`mofa_persist.sql` statements on it (see there why); with
-        ``own_transaction`` it also begins, commits and rolls back itself.
+        See :func:`mofa_persist.runner.run`.
         """
-        backend = self._backend
-        if backend.closed:
-            raise BackendError(
-                f"{self!r} is closed", host=backend.url.host, database=backend.url.database
-            )
-        # On a server backend the whole call, retries included, ends within call_timeout. A
-        # connection that timed out or was cancelled mid-call is dropped, never rolled back
-        # or returned to the pool: talking to a hung server would hang again.
-        loop = asyncio.get_running_loop()
-        deadline = None if backend.call_timeout is None else loop.time() + backend.call_timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            progress = _Progress()
-            bound = asyncio.timeout_at(deadline)
-            try:
-                async with bound, backend.turn(write):
-                    if lean and backend.pinned is not None:
-                        # The in-memory database: its one connection, used under the lock.
-                        return await self._attempt_lean(
-                            backend.pinned,
-                            None,
-                            cast("LeanWork[T]", work),
-                            write,
-                            self._lean_transactional(write, one_read, own_transaction),
-                            progress,
-                        )
-                    if lean:
-                        # Straight from the pool: lean work needs no SQLAlchemy Connection.
-                        # Bounded: a server that accepts TCP but never answers must not hang.
-                        async with asyncio.timeout(backend.connect_timeout):
-                            pooled = await greenlet_spawn(backend.engine.sync_engine.raw_connection)
-                        try:
-                            result = await self._attempt_lean(
-                                pooled.driver_connection,
-                                pooled,
-                                cast("LeanWork[T]", work),
-                                write,
-                                self._lean_transactional(write, one_read, own_transaction),
-                                progress,
-                            )
-                            progress.clean = True
-                            return result
-                        except Exception:
-                            progress.clean = not bound.expired()
-                            raise
-                        finally:
-                            if not (progress.clean or backend.is_sqlite) and pooled.is_valid:
-                                with contextlib.suppress(*DRIVER_ERRORS):
-                                    await greenlet_spawn(pooled.invalidate)
-                            with contextlib.suppress(*DRIVER_ERRORS):
-                                await greenlet_spawn(pooled.close)  # back to the pool
-                    conn = backend.engine.connect()
-                    async with asyncio.timeout(backend.connect_timeout):
-                        await conn.start()
-                    try:
-                        result = await self._attempt(
-                            conn, cast("Work[T]", work), write, one_read, progress
-                        )
-                        progress.clean = True
-                        return result
-                    except Exception:
-                        progress.clean = not bound.expired()
-                        raise
-                    finally:
-                        # SQLite rolled back already; dropping the in-memory store's one
-                        # connection would lose its database.
-                        if not (progress.clean or backend.is_sqlite or conn.invalidated):
-                            with contextlib.suppress(*DRIVER_ERRORS):
-                                await conn.invalidate()
-                        with contextlib.suppress(*DRIVER_ERRORS):
-                            await conn.close()
-            except PersistenceError:
-                raise
-            except DRIVER_ERRORS as error:
-                if bound.expired():
-                    raise self._timed_out(action, committing=progress.committing) from error
-                failure = classify(error)
-                if failure is Failure.UNIQUE:
-                    raise ConflictError(f"could not {action}: a unique key is taken") from error
-                if failure is Failure.RETRYABLE:
-                    retry = attempt < _MAX_ATTEMPTS
-                else:
-                    # Before COMMIT was sent the transaction is simply gone: redo it. During
-                    # COMMIT the outcome is unknown, and redoing it could write twice.
-                    retry = (
-                        failure is Failure.CONNECTION
-                        and not progress.committing
-                        and attempt < _MAX_CONNECTION_ATTEMPTS
-                    )
-                # Exponential backoff with jitter, capped: lock races clear in milliseconds.
-                pause = min(0.5, 0.005 * 2**attempt) * (0.5 + random.random())
-                if retry and deadline is not None and loop.time() + pause >= deadline:
-                    raise self._timed_out(action, committing=False) from error
-                if retry:
-                    await asyncio.sleep(pause)
-                    continue
-                raise to_backend_error(error, backend.url, action) from error
-
-    def _timed_out(self, action: str, *, committing: bool) -> BackendError:
-        url = self._backend.url
-        outcome = " (it may or may not have been committed)" if committing else ""
-        return BackendError(
-            f"{url.kind} database at {url.host}/{url.database} did not answer within "
-            f"{self._backend.call_timeout:g}s to {action}{outcome}",
-            host=url.host,
-            database=url.database,
+        return await runner.run(
+            self._backend,
+            self,
+            work,
+            write=write,
+            action=action,
+            one_read=one_read,
+            lean=lean,
+            own_transaction=own_transaction,
         )
-
-    async def _attempt(
-        self, conn: AsyncConnection, work: Work[T], write: bool, one_read: bool, progress: _Progress
-    ) -> T:
-        """One try of :meth:`_run` through SQLAlchemy."""
-        backend = self._backend
-        if backend.is_sqlite and not write:
-            await conn.execution_options(**{SQLITE_READ_ONLY: True})
-        elif one_read and backend.one_statement:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-        transaction = await conn.begin()
-        try:
-            result = await work(conn)
-        except BaseException as error:
-            # After a cancellation or timeout a server connection is dropped instead: a hung
-            # server would hang the ROLLBACK too. SQLite's is local and cannot hang.
-            if isinstance(error, Exception) or backend.is_sqlite:
-                with contextlib.suppress(*DRIVER_ERRORS):
-                    await transaction.rollback()
-            raise
-        progress.committing = True
-        await transaction.commit()
-        return result
-
-    def _lean_transactional(self, write: bool, one_read: bool, own_transaction: bool) -> bool:
-        """Whether _attempt_lean wraps the work in BEGIN ... COMMIT."""
-        if own_transaction:
-            return False
-        return write or not (one_read and self._backend.lane.autocommit_reads)
-
-    async def _attempt_lean(
-        self,
-        db: Any,
-        pooled: PoolProxiedConnection | None,
-        work: LeanWork[T],
-        write: bool,
-        transactional: bool,
-        progress: _Progress,
-    ) -> T:
-        """One try of :meth:`_run` on the driver connection ``db`` (checked out as ``pooled``)."""
-        lane = self._backend.lane
-        # Work that commits by itself may fail mid-COMMIT: never retry a dropped connection.
-        progress.committing = write and not transactional
-        try:
-            if transactional:
-                await lane.begin(db, write)
-            try:
-                result = await work(db)
-            except BaseException as error:
-                # After a cancellation or timeout _run drops a server connection instead.
-                if transactional and (isinstance(error, Exception) or self._backend.is_sqlite):
-                    try:
-                        await lane.rollback(db)
-                    except DRIVER_ERRORS:
-                        # A transaction may still be open: never hand this connection out.
-                        if pooled is not None and pooled.is_valid:
-                            with contextlib.suppress(*DRIVER_ERRORS):
-                                await greenlet_spawn(pooled.invalidate)
-                raise
-            if transactional:
-                progress.committing = True
-                await lane.commit(db)
-            return result
-        except DRIVER_ERRORS as error:
-            if pooled is not None and pooled.is_valid and classify(error) is Failure.CONNECTION:
-                # SQLAlchemy did not see the failure: make the pool drop this connection.
-                with contextlib.suppress(*DRIVER_ERRORS):
-                    await greenlet_spawn(pooled.invalidate, error)
-            raise
 
     def _check_items(self, items: Iterable[Mapping[str, Any]]) -> list[_NewMessage]:
         if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
@@ -1441,15 +880,10 @@ class Store:
         return scoped
 
     def _scope_filter(self) -> list[ColumnElement[bool]]:
-        filters: list[ColumnElement[bool]] = []
-        if self._scope.tenant_id is not None:
-            filters.append(s_t.c.tenant_id == self._scope.tenant_id)
-        if self._scope.user_id is not None:
-            filters.append(s_t.c.user_id == self._scope.user_id)
-        return filters
+        return scope_filter(self._scope)
 
     def _session_filter(self, sid: uuid.UUID) -> list[ColumnElement[bool]]:
-        return [s_t.c.id == sid, *self._scope_filter()]
+        return session_filter(self._scope, sid)
 
     def _scope_exists(self, sid: uuid.UUID) -> list[ColumnElement[bool]]:
         """For queries on child tables: nothing when unscoped, else an EXISTS on the session."""
@@ -1463,7 +897,7 @@ class Store:
             raise self._not_found(sid)
 
     def _not_found(self, sid: uuid.UUID) -> NotFoundError:
-        return NotFoundError(f"session {sid} not found")
+        return writes.not_found(sid)
 
 
 async def _latency_percentiles(
@@ -1491,50 +925,6 @@ async def _latency_percentiles(
         value = (await conn.execute(stmt)).scalar()
         results.append(None if value is None else float(value))
     return results
-
-
-@functools.cache
-def _pg_write_sql(messages: bool, state: bool, expected: bool, tenant: bool, user: bool) -> str:
-    """The one-statement turn of :meth:`Store._pg_write` for one shape of call.
-
-    Parameters are numbered in the order _pg_write appends them. The messages travel as four
-    arrays (``unnest ... WITH ORDINALITY`` numbers them), so the text, and with it asyncpg's
-    prepared statement, is the same for any number of messages.
-    """
-    number = iter(range(3, 100))
-    assignments = ["updated_at = $2"]
-    inserts = []
-    if messages:
-        count, ids, roles, contents, metas = (next(number) for _ in range(5))
-        assignments.append(f"last_seq = last_seq + ${count}")
-        inserts.append(
-            "added AS (INSERT INTO messages "
-            "(id, session_id, seq, role, content, metadata, created_at) "
-            f"SELECT m.id, $1, bumped.last_seq - ${count} + m.ord::integer, m.role, m.content, "
-            "m.metadata::jsonb, $2 FROM bumped, "
-            f"unnest(${ids}::uuid[], ${roles}::text[], ${contents}::text[], ${metas}::text[]) "
-            "WITH ORDINALITY AS m(id, role, content, metadata, ord))"
-        )
-    if state:
-        state_id, document = next(number), next(number)
-        assignments.append("state_version = state_version + 1")
-        inserts.append(
-            "saved AS (INSERT INTO agent_state (id, session_id, version, state, created_at) "
-            f"SELECT ${state_id}::uuid, $1, bumped.state_version, ${document}::text::jsonb, $2 "
-            "FROM bumped)"
-        )
-    conditions = ["id = $1::uuid"]
-    if expected:
-        conditions.append(f"state_version = ${next(number)}")
-    if tenant:
-        conditions.append(f"tenant_id = ${next(number)}::uuid")
-    if user:
-        conditions.append(f"user_id = ${next(number)}::uuid")
-    bumped = (
-        f"bumped AS (UPDATE sessions SET {', '.join(assignments)} "
-        f"WHERE {' AND '.join(conditions)} RETURNING last_seq, state_version)"
-    )
-    return f"WITH {', '.join([bumped, *inserts])} SELECT last_seq, state_version FROM bumped"
 
 
 def _ensure_parent_folder(url: DatabaseUrl) -> None:

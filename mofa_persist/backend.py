@@ -1,0 +1,101 @@
+"""What all views of one connected store share (the engine, its flags and locks), and the
+scope a view is restricted to, with the filters that scope adds to queries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import sql
+from .models import sessions_table
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import AsyncIterator
+
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.sql.elements import ColumnElement
+
+    from .urls import DatabaseUrl
+
+s_t = sessions_table
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The tenant (and user) a scoped store is restricted to; ``None`` means unrestricted."""
+
+    tenant_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+
+
+class _Backend:
+    """What all views of one connected store share: the engine and its locks."""
+
+    def __init__(
+        self,
+        url: DatabaseUrl,
+        engine: AsyncEngine,
+        connect_timeout: float,
+        call_timeout: float | None = None,
+    ) -> None:
+        self.url = url
+        self.engine = engine
+        self.connect_timeout = connect_timeout
+        # SQLite has no network to hang on (its lock waits are bounded by the busy timeout),
+        # and the in-memory database would be lost with its one connection: servers only.
+        self.call_timeout = call_timeout if url.kind in ("postgresql", "mysql") else None
+        self.closed = False
+        self.update_returning = bool(engine.dialect.update_returning)
+        self.is_sqlite = url.kind in ("sqlite", "memory")
+        # PostgreSQL bumps the counters and inserts the rows in one statement (see writes.pg_write).
+        self.one_statement = url.kind == "postgresql"
+        self.lane = sql.lane_for(url.kind)
+        self.pinned: Any = None  # memory only: the driver connection of the one connection
+        # Turns in driver-level SQL where the bump is one statement: SQLite with RETURNING,
+        # MySQL with LAST_INSERT_ID, PostgreSQL with the whole turn in one CTE (writes.pg_write).
+        self.lean_writes = url.kind in ("mysql", "postgresql") or (
+            self.is_sqlite and self.update_returning
+        )
+        # SQLite: the whole write transaction in one hop to aiosqlite's thread.
+        self.one_hop_writes = self.lean_writes and self.is_sqlite and sql.SQLITE_ONE_HOP
+        # The in-memory database is one shared connection: every unit of work takes turns.
+        # A SQLite file has one writer at a time anyway; queueing writers of this process
+        # here is cheaper than spinning on the file lock.
+        self._all_lock = asyncio.Lock() if url.kind == "memory" else None
+        self._write_lock = asyncio.Lock() if url.kind == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def turn(self, write: bool) -> AsyncIterator[None]:
+        lock = self._all_lock or (self._write_lock if write else None)
+        if lock is None:
+            yield
+            return
+        async with lock:
+            yield
+
+
+def scope_shape(scope: Scope) -> tuple[bool, bool]:
+    """Which scope filters apply: (tenant, user); the cache key of scoped SQL."""
+    return scope.tenant_id is not None, scope.user_id is not None
+
+
+def scope_params(backend: _Backend, scope: Scope) -> list[Any]:
+    """Bound values of the scope filters, in :func:`scope_shape` order."""
+    lane = backend.lane
+    return [lane.uuid_in(value) for value in (scope.tenant_id, scope.user_id) if value is not None]
+
+
+def scope_filter(scope: Scope) -> list[ColumnElement[bool]]:
+    filters: list[ColumnElement[bool]] = []
+    if scope.tenant_id is not None:
+        filters.append(s_t.c.tenant_id == scope.tenant_id)
+    if scope.user_id is not None:
+        filters.append(s_t.c.user_id == scope.user_id)
+    return filters
+
+
+def session_filter(scope: Scope, sid: uuid.UUID) -> list[ColumnElement[bool]]:
+    return [s_t.c.id == sid, *scope_filter(scope)]

@@ -1,0 +1,257 @@
+"""The unit-of-work runner: one transaction per call, retried where that is known to be safe.
+
+Writes that lose a lock race (deadlock, serialization failure, lock timeout, SQLite busy) are
+retried here, because their transaction was rolled back whole; a failure while committing is
+never retried, because the outcome is unknown. On a server backend the whole call, retries
+included, ends within the backend's ``call_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from sqlalchemy.util import greenlet_spawn
+
+from .engine import SQLITE_READ_ONLY
+from .errors import BackendError, ConflictError, PersistenceError
+from .translate import DRIVER_ERRORS, Failure, classify, to_backend_error
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+    from sqlalchemy.pool import PoolProxiedConnection
+
+    from .backend import _Backend
+
+T = TypeVar("T")
+Work = Callable[["AsyncConnection"], Awaitable[T]]
+#: Work on the pooled driver connection (asyncpg, aiomysql or aiosqlite), see mofa_persist.sql.
+LeanWork = Callable[[Any], Awaitable[T]]
+
+_MAX_ATTEMPTS = 10  # for lock races: deadlocks, serialization failures, busy SQLite
+_MAX_CONNECTION_ATTEMPTS = 2  # a dropped connection is retried once, on a fresh one
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far one attempt got: a failure during COMMIT must not be retried."""
+
+    committing: bool = False
+    #: The attempt ended with the connection in a known state (committed or rolled back).
+    clean: bool = False
+
+
+async def run(
+    backend: _Backend,
+    store: object,
+    work: Work[T] | LeanWork[T],
+    *,
+    write: bool,
+    action: str,
+    one_read: bool = False,
+    lean: bool = False,
+    own_transaction: bool = False,
+) -> T:
+    """Run ``work`` in one transaction, retrying where that is known to be safe.
+
+    ``one_read`` marks reads whose answer is one SELECT (a second one only to tell "no
+    rows" from "no session"). Where the dialect allows they run in autocommit: BEGIN and
+    COMMIT would be two of the three round trips (or thread hops) of such a read, and a
+    single statement is atomic anyway.
+
+    ``lean`` work gets the pooled *driver* connection instead of a SQLAlchemy one and
+    runs :mod:`mofa_persist.sql` statements on it (see there why); with
+    ``own_transaction`` it also begins, commits and rolls back itself.
+    """
+    if backend.closed:
+        raise BackendError(
+            f"{store!r} is closed", host=backend.url.host, database=backend.url.database
+        )
+    # On a server backend the whole call, retries included, ends within call_timeout. A
+    # connection that timed out or was cancelled mid-call is dropped, never rolled back
+    # or returned to the pool: talking to a hung server would hang again.
+    loop = asyncio.get_running_loop()
+    deadline = None if backend.call_timeout is None else loop.time() + backend.call_timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        progress = _Progress()
+        bound = asyncio.timeout_at(deadline)
+        try:
+            async with bound, backend.turn(write):
+                if lean and backend.pinned is not None:
+                    # The in-memory database: its one connection, used under the lock.
+                    return await _attempt_lean(
+                        backend,
+                        backend.pinned,
+                        None,
+                        cast("LeanWork[T]", work),
+                        write,
+                        _lean_transactional(backend, write, one_read, own_transaction),
+                        progress,
+                    )
+                if lean:
+                    # Straight from the pool: lean work needs no SQLAlchemy Connection.
+                    # Bounded: a server that accepts TCP but never answers must not hang.
+                    async with asyncio.timeout(backend.connect_timeout):
+                        pooled = await greenlet_spawn(backend.engine.sync_engine.raw_connection)
+                    try:
+                        result = await _attempt_lean(
+                            backend,
+                            pooled.driver_connection,
+                            pooled,
+                            cast("LeanWork[T]", work),
+                            write,
+                            _lean_transactional(backend, write, one_read, own_transaction),
+                            progress,
+                        )
+                        progress.clean = True
+                        return result
+                    except Exception:
+                        progress.clean = not bound.expired()
+                        raise
+                    finally:
+                        if not (progress.clean or backend.is_sqlite) and pooled.is_valid:
+                            with contextlib.suppress(*DRIVER_ERRORS):
+                                await greenlet_spawn(pooled.invalidate)
+                        with contextlib.suppress(*DRIVER_ERRORS):
+                            await greenlet_spawn(pooled.close)  # back to the pool
+                conn = backend.engine.connect()
+                async with asyncio.timeout(backend.connect_timeout):
+                    await conn.start()
+                try:
+                    result = await _attempt(
+                        backend, conn, cast("Work[T]", work), write, one_read, progress
+                    )
+                    progress.clean = True
+                    return result
+                except Exception:
+                    progress.clean = not bound.expired()
+                    raise
+                finally:
+                    # SQLite rolled back already; dropping the in-memory store's one
+                    # connection would lose its database.
+                    if not (progress.clean or backend.is_sqlite or conn.invalidated):
+                        with contextlib.suppress(*DRIVER_ERRORS):
+                            await conn.invalidate()
+                    with contextlib.suppress(*DRIVER_ERRORS):
+                        await conn.close()
+        except PersistenceError:
+            raise
+        except DRIVER_ERRORS as error:
+            if bound.expired():
+                raise _timed_out(backend, action, committing=progress.committing) from error
+            failure = classify(error)
+            if failure is Failure.UNIQUE:
+                raise ConflictError(f"could not {action}: a unique key is taken") from error
+            if failure is Failure.RETRYABLE:
+                retry = attempt < _MAX_ATTEMPTS
+            else:
+                # Before COMMIT was sent the transaction is simply gone: redo it. During
+                # COMMIT the outcome is unknown, and redoing it could write twice.
+                retry = (
+                    failure is Failure.CONNECTION
+                    and not progress.committing
+                    and attempt < _MAX_CONNECTION_ATTEMPTS
+                )
+            # Exponential backoff with jitter, capped: lock races clear in milliseconds.
+            pause = min(0.5, 0.005 * 2**attempt) * (0.5 + random.random())
+            if retry and deadline is not None and loop.time() + pause >= deadline:
+                raise _timed_out(backend, action, committing=False) from error
+            if retry:
+                await asyncio.sleep(pause)
+                continue
+            raise to_backend_error(error, backend.url, action) from error
+
+
+def _timed_out(backend: _Backend, action: str, *, committing: bool) -> BackendError:
+    url = backend.url
+    outcome = " (it may or may not have been committed)" if committing else ""
+    return BackendError(
+        f"{url.kind} database at {url.host}/{url.database} did not answer within "
+        f"{backend.call_timeout:g}s to {action}{outcome}",
+        host=url.host,
+        database=url.database,
+    )
+
+
+async def _attempt(
+    backend: _Backend,
+    conn: AsyncConnection,
+    work: Work[T],
+    write: bool,
+    one_read: bool,
+    progress: _Progress,
+) -> T:
+    """One try of :func:`run` through SQLAlchemy."""
+    if backend.is_sqlite and not write:
+        await conn.execution_options(**{SQLITE_READ_ONLY: True})
+    elif one_read and backend.one_statement:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+    transaction = await conn.begin()
+    try:
+        result = await work(conn)
+    except BaseException as error:
+        # After a cancellation or timeout a server connection is dropped instead: a hung
+        # server would hang the ROLLBACK too. SQLite's is local and cannot hang.
+        if isinstance(error, Exception) or backend.is_sqlite:
+            with contextlib.suppress(*DRIVER_ERRORS):
+                await transaction.rollback()
+        raise
+    progress.committing = True
+    await transaction.commit()
+    return result
+
+
+def _lean_transactional(
+    backend: _Backend, write: bool, one_read: bool, own_transaction: bool
+) -> bool:
+    """Whether _attempt_lean wraps the work in BEGIN ... COMMIT."""
+    if own_transaction:
+        return False
+    return write or not (one_read and backend.lane.autocommit_reads)
+
+
+async def _attempt_lean(
+    backend: _Backend,
+    db: Any,
+    pooled: PoolProxiedConnection | None,
+    work: LeanWork[T],
+    write: bool,
+    transactional: bool,
+    progress: _Progress,
+) -> T:
+    """One try of :func:`run` on the driver connection ``db`` (checked out as ``pooled``)."""
+    lane = backend.lane
+    # Work that commits by itself may fail mid-COMMIT: never retry a dropped connection.
+    progress.committing = write and not transactional
+    try:
+        if transactional:
+            await lane.begin(db, write)
+        try:
+            result = await work(db)
+        except BaseException as error:
+            # After a cancellation or timeout run drops a server connection instead.
+            if transactional and (isinstance(error, Exception) or backend.is_sqlite):
+                try:
+                    await lane.rollback(db)
+                except DRIVER_ERRORS:
+                    # A transaction may still be open: never hand this connection out.
+                    if pooled is not None and pooled.is_valid:
+                        with contextlib.suppress(*DRIVER_ERRORS):
+                            await greenlet_spawn(pooled.invalidate)
+            raise
+        if transactional:
+            progress.committing = True
+            await lane.commit(db)
+        return result
+    except DRIVER_ERRORS as error:
+        if pooled is not None and pooled.is_valid and classify(error) is Failure.CONNECTION:
+            # SQLAlchemy did not see the failure: make the pool drop this connection.
+            with contextlib.suppress(*DRIVER_ERRORS):
+                await greenlet_spawn(pooled.invalidate, error)
+        raise
