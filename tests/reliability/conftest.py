@@ -54,26 +54,25 @@ def discard_database(backend: str, url: str) -> None:
         drop_database(backend, url)
 
 
-@pytest.fixture(params=SHARED)
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new, empty database on SQLite (file), PostgreSQL or MySQL, for this test only."""
-    backend: str = request.param
+def _owned_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database for one test, dropped when the test ends."""
     url = fresh_database(backend, tmp_path)
     try:
         yield url
     finally:
         discard_database(backend, url)
+
+
+@pytest.fixture(params=SHARED)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty database on SQLite (file), PostgreSQL or MySQL, for this test only."""
+    yield from _owned_database(request.param, tmp_path)
 
 
 @pytest.fixture(params=ALL)
 def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Like ``shared_url`` but also in-memory."""
-    backend: str = request.param
-    url = fresh_database(backend, tmp_path)
-    try:
-        yield url
-    finally:
-        discard_database(backend, url)
+    yield from _owned_database(request.param, tmp_path)
 
 
 @pytest.fixture(params=SERVERS)
