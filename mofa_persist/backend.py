@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,31 @@ if TYPE_CHECKING:
     from .urls import DatabaseUrl
 
 s_t = sessions_table
+
+#: A read replica that failed (refused, dropped or timed out) is left alone this long; reads
+#: meant for it go to the primary meanwhile, then it gets another try.
+REPLICA_RETRY_AFTER_S = 5.0
+
+
+@dataclass(slots=True)
+class Replica:
+    """A read replica: its engine, and whether it is currently skipped after a failure."""
+
+    url: DatabaseUrl
+    engine: AsyncEngine
+    down_until: float = 0.0
+    reads: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """What :attr:`Store.read_replicas` reports for one replica."""
+
+    url: str  # password masked
+    up: bool
+    reads: int
+    failures: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +66,12 @@ class _Backend:
         engine: AsyncEngine,
         connect_timeout: float,
         call_timeout: float | None = None,
+        replicas: list[Replica] | None = None,
     ) -> None:
         self.url = url
         self.engine = engine
+        self.replicas = replicas or []
+        self._next_replica = 0
         self.connect_timeout = connect_timeout
         # SQLite has no network to hang on (its lock waits are bounded by the busy timeout),
         # and the in-memory database would be lost with its one connection: servers only.
@@ -66,6 +95,28 @@ class _Backend:
         # here is cheaper than spinning on the file lock.
         self._all_lock = asyncio.Lock() if url.kind == "memory" else None
         self._write_lock = asyncio.Lock() if url.kind == "sqlite" else None
+
+    def replica_for_read(self) -> Replica | None:
+        """The next replica that is up (they take turns), or ``None`` for the primary."""
+        now = time.monotonic()
+        count = len(self.replicas)
+        for offset in range(count):
+            index = (self._next_replica + offset) % count
+            replica = self.replicas[index]
+            if replica.down_until <= now:
+                self._next_replica = (index + 1) % count
+                replica.reads += 1
+                return replica
+        return None
+
+    def replica_failed(self, replica: Replica) -> None:
+        replica.failures += 1
+        replica.down_until = time.monotonic() + REPLICA_RETRY_AFTER_S
+
+    async def dispose(self) -> None:
+        for replica in self.replicas:
+            await replica.engine.dispose()
+        await self.engine.dispose()
 
     @contextlib.asynccontextmanager
     async def turn(self, write: bool) -> AsyncIterator[None]:

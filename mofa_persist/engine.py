@@ -1,12 +1,14 @@
 """One ``AsyncEngine`` per store, configured per backend.
 
 Backend differences that the engine can absorb live here, in one place: connect timeouts, pool
-pre-ping, MySQL's isolation level, and SQLite's pragmas and explicit ``BEGIN IMMEDIATE``.
+pre-ping, MySQL's isolation level, SQLite's pragmas and explicit ``BEGIN IMMEDIATE``, and
+connecting to the first ready node of a cluster when a URL names several.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, exc, pool
@@ -15,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from .validate import decode_document, serialize_for_engine
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from sqlalchemy.engine import Connection, Dialect, Engine
     from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
     from .urls import DatabaseUrl
@@ -30,6 +34,18 @@ SQLITE_READ_ONLY = "mofa_read_only"
 #: store retries once on a fresh connection because nothing was sent yet.
 PING_AFTER_IDLE_S = 1.0
 _CHECKIN = "mofa_checked_in"
+#: Per engine: connections checked in before this ``time.monotonic()`` are pinged at checkout.
+_SUSPECT_BEFORE: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+
+
+def mark_connections_suspect(engine: AsyncEngine) -> None:
+    """A connection was lost: ping every pooled connection before its next use.
+
+    When a server (or one node of a cluster) goes away, all pooled connections to it are
+    dead, not just the one that failed; each is then replaced at checkout instead of failing
+    the call that draws it.
+    """
+    _SUSPECT_BEFORE[engine.sync_engine] = time.monotonic()
 
 
 def create_engine(
@@ -76,12 +92,19 @@ def create_engine(
             max_overflow=max_overflow,
             pool_timeout=connect_timeout,
         )
+    if url.is_cluster:
+        dialect_holder: list[Dialect] = []
+        options["async_creator"] = _first_ready_node(
+            url, options.pop("connect_args"), dialect_holder
+        )
     if url.kind != "postgresql":
         # Returning a connection normally sends ROLLBACK (a round trip on MySQL, a thread hop
         # on aiosqlite) even after a COMMIT; _reset_if_needed rolls back only what is open.
         # asyncpg's adapter already skips the rollback when no transaction is open.
         options["pool_reset_on_return"] = None
     engine = create_async_engine(url.sa_url, **options)
+    if url.is_cluster:
+        dialect_holder.append(engine.dialect)
     if url.kind in ("postgresql", "mysql") and not use_null_pool:
         _ping_idle_connections(engine)
     if url.kind != "postgresql":
@@ -104,13 +127,81 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         checked_in = record.info.get(_CHECKIN)
-        if checked_in is None or time.monotonic() - checked_in < PING_AFTER_IDLE_S:
-            return  # a brand-new connection, or one in steady use
+        if checked_in is None:
+            return  # a brand-new connection
+        suspect_before = _SUSPECT_BEFORE.get(engine.sync_engine, 0.0)
+        if time.monotonic() - checked_in < PING_AFTER_IDLE_S and checked_in >= suspect_before:
+            return  # in steady use, and no connection was lost since it was last used
         try:
             engine.dialect.do_ping(dbapi_connection)
         except Exception as error:
             # The pool replaces the connection with a new one and tries again.
             raise exc.DisconnectionError(f"pooled connection failed its ping: {error}") from error
+
+
+def _first_ready_node(
+    url: DatabaseUrl, connect_args: dict[str, Any], dialect_holder: list[Dialect]
+) -> Callable[[], Awaitable[Any]]:
+    """A driver-level connect that tries each node in order and returns the first ready one.
+
+    Nodes are tried in the order given, so one node takes the writes while it is up (on
+    Galera that keeps certification conflicts rare); the next is used only when it is not.
+    """
+
+    async def connect() -> Any:
+        dialect = dialect_holder[0]
+        failures: list[str] = []
+        last: BaseException | None = None
+        for node in url.nodes:
+            _, params = dialect.create_connect_args(node)
+            params.update(connect_args)
+            try:
+                if url.kind == "postgresql":
+                    return await _connect_postgres_node(params)
+                return await _connect_mysql_node(params)
+            except Exception as error:  # any failure: try the next node
+                failures.append(f"{_node_name(node)}: {type(error).__name__}: {error}")
+                last = error
+        raise ConnectionError(
+            f"no node of {len(url.nodes)} accepted a connection ({'; '.join(failures)})"
+        ) from last
+
+    return connect
+
+
+def _node_name(node: Any) -> str:
+    return f"{node.host or 'localhost'}:{node.port}" if node.port else str(node.host)
+
+
+async def _connect_postgres_node(params: Mapping[str, Any]) -> Any:
+    import asyncpg  # the optional driver, imported when first used
+
+    # A node that is (or became) a hot standby refuses writes: skip it like a dead one.
+    return await asyncpg.connect(**params, target_session_attrs="read-write")
+
+
+async def _connect_mysql_node(params: Mapping[str, Any]) -> Any:
+    import aiomysql  # the optional driver, imported when first used
+
+    conn = await aiomysql.connect(**params)
+    try:
+        async with conn.cursor() as cursor:
+            await cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+            row = await cursor.fetchone()
+            if row is not None and str(row[1]).upper() == "ON":
+                # A Galera node outside the primary component, or still joining, refuses
+                # queries: skip it like a dead one.
+                await cursor.execute("SHOW STATUS LIKE 'wsrep_ready'")
+                ready = await cursor.fetchone()
+                if ready is None or str(ready[1]).upper() != "ON":
+                    raise ConnectionError("the Galera node is not ready (wsrep_ready=OFF)")
+                # After a failover, reads must see what this client wrote through the
+                # previous node: wait for this node to apply it before each read.
+                await cursor.execute("SET SESSION wsrep_sync_wait = 1")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _reset_if_needed(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:

@@ -1,12 +1,16 @@
 """Bring a database's schema to a revision with the packaged Alembic migrations.
 
 Safe when many processes connect to a fresh database at once: the whole upgrade runs under a
-lock (an advisory transaction lock on PostgreSQL, ``GET_LOCK`` on MySQL, the write lock of
-``BEGIN IMMEDIATE`` on SQLite), and whoever comes second finds the schema already at head.
+lock (an advisory transaction lock on PostgreSQL, ``GET_LOCK`` on MySQL, a lease row on a
+Galera cluster, the write lock of ``BEGIN IMMEDIATE`` on SQLite), and whoever comes second finds
+the schema already at head.
 """
 
 from __future__ import annotations
 
+import random
+import time
+import uuid
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -16,9 +20,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import exc, text
 
 from .errors import BackendError
+from .translate import Failure, classify
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,6 +35,10 @@ if TYPE_CHECKING:
 _PG_LOCK_KEY = 0x6D6F_6661_7065_7273 & 0x7FFF_FFFF_FFFF_FFFF  # "mofapers"
 _MYSQL_LOCK_NAME = "mofa_persist.migrate"
 _LOCK_TIMEOUT_S = 120
+#: Galera: the table holding the migration lease (not part of the schema; Alembic ignores it).
+LOCK_TABLE = "mofa_persist_lock"
+#: A lease outlives any migration this package ships; it frees itself if its holder crashed.
+_LEASE_S = 600
 
 
 @cache
@@ -63,6 +72,9 @@ def current_revision(connection: Connection) -> str | None:
 def run_locked(connection: Connection, body: Callable[[Connection], None]) -> None:
     """Run ``body`` inside one transaction that holds the migration lock, then commit."""
     dialect = connection.dialect.name
+    if dialect == "mysql" and _is_galera(connection):
+        _run_under_lease(connection, body)
+        return
     if dialect == "mysql":
         got = connection.execute(
             text("SELECT GET_LOCK(:name, :timeout)"),
@@ -87,6 +99,62 @@ def run_locked(connection: Connection, body: Callable[[Connection], None]) -> No
         connection.execute(text("SELECT 1"))
     body(connection)
     connection.commit()
+
+
+def _is_galera(connection: Connection) -> bool:
+    row = connection.execute(text("SHOW VARIABLES LIKE 'wsrep_on'")).first()
+    connection.commit()
+    return row is not None and str(row[1]).upper() == "ON"
+
+
+def _run_under_lease(connection: Connection, body: Callable[[Connection], None]) -> None:
+    """Run ``body`` holding a lease row that the whole Galera cluster agrees on.
+
+    ``GET_LOCK`` and ``SELECT ... FOR UPDATE`` lock on one node only. A committed UPDATE is
+    certified by every node: of two nodes taking the lease at once, one commit fails with a
+    deadlock, so exactly one process holds it. It expires if the holder dies.
+    """
+    me = uuid.uuid4().hex
+    connection.execute(
+        text(
+            f"CREATE TABLE IF NOT EXISTS {LOCK_TABLE} (name VARCHAR(64) NOT NULL PRIMARY KEY, "
+            "holder VARCHAR(32) NULL, expires_at DATETIME(6) NULL) ENGINE=InnoDB"
+        )
+    )
+    take = text(
+        f"UPDATE {LOCK_TABLE} SET holder = :me, "
+        f"expires_at = NOW(6) + INTERVAL {_LEASE_S} SECOND "
+        "WHERE name = 'migrate' AND (holder IS NULL OR expires_at < NOW(6))"
+    )
+    deadline = time.monotonic() + _LOCK_TIMEOUT_S
+    while True:
+        try:
+            connection.execute(text(f"INSERT IGNORE INTO {LOCK_TABLE} (name) VALUES ('migrate')"))
+            taken = connection.execute(take, {"me": me}).rowcount == 1
+            connection.commit()
+        except exc.DBAPIError as error:
+            if classify(error) is not Failure.RETRYABLE:
+                raise
+            connection.rollback()  # another node's commit won the certification
+            taken = False
+        if taken:
+            break
+        if time.monotonic() > deadline:
+            raise BackendError(
+                "timed out waiting for another process's migration to finish (if that process "
+                f"died, its lease in table {LOCK_TABLE} expires {_LEASE_S}s after it began)"
+            )
+        time.sleep(0.1 + 0.2 * random.random())
+    try:
+        body(connection)
+        connection.commit()
+    finally:
+        connection.rollback()
+        connection.execute(
+            text(f"UPDATE {LOCK_TABLE} SET holder = NULL, expires_at = NULL WHERE holder = :me"),
+            {"me": me},
+        )
+        connection.commit()
 
 
 def _upgrade_body(revision: str) -> Callable[[Connection], None]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy.util import greenlet_spawn
 
-from .engine import SQLITE_READ_ONLY
+from .engine import SQLITE_READ_ONLY, mark_connections_suspect
 from .errors import BackendError, ConflictError, PersistenceError
 from .translate import DRIVER_ERRORS, Failure, classify, to_backend_error
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.pool import PoolProxiedConnection
 
-    from .backend import _Backend
+    from .backend import Replica, _Backend
 
 T = TypeVar("T")
 Work = Callable[["AsyncConnection"], Awaitable[T]]
@@ -55,6 +55,7 @@ async def run(
     one_read: bool = False,
     lean: bool = False,
     own_transaction: bool = False,
+    stale_ok: bool = False,
 ) -> T:
     """Run ``work`` in one transaction, retrying where that is known to be safe.
 
@@ -66,6 +67,9 @@ async def run(
     ``lean`` work gets the pooled *driver* connection instead of a SQLAlchemy one and
     runs :mod:`mofa_persist.sql` statements on it (see there why); with
     ``own_transaction`` it also begins, commits and rolls back itself.
+
+    ``stale_ok`` reads may go to a read replica. A replica gets one try per call, bounded by
+    ``connect_timeout``; whatever fails there, the primary answers instead.
     """
     if backend.closed:
         raise BackendError(
@@ -76,11 +80,13 @@ async def run(
     # or returned to the pool: talking to a hung server would hang again.
     loop = asyncio.get_running_loop()
     deadline = None if backend.call_timeout is None else loop.time() + backend.call_timeout
+    replica: Replica | None = backend.replica_for_read() if stale_ok and not write else None
     attempt = 0
     while True:
         attempt += 1
         progress = _Progress()
-        bound = asyncio.timeout_at(deadline)
+        engine = backend.engine if replica is None else replica.engine
+        bound = asyncio.timeout_at(_attempt_deadline(backend, deadline, replica, loop.time()))
         try:
             async with bound, backend.turn(write):
                 if lean and backend.pinned is not None:
@@ -98,7 +104,7 @@ async def run(
                     # Straight from the pool: lean work needs no SQLAlchemy Connection.
                     # Bounded: a server that accepts TCP but never answers must not hang.
                     async with asyncio.timeout(backend.connect_timeout):
-                        pooled = await greenlet_spawn(backend.engine.sync_engine.raw_connection)
+                        pooled = await greenlet_spawn(engine.sync_engine.raw_connection)
                     try:
                         result = await _attempt_lean(
                             backend,
@@ -120,7 +126,7 @@ async def run(
                                 await greenlet_spawn(pooled.invalidate)
                         with contextlib.suppress(*DRIVER_ERRORS):
                             await greenlet_spawn(pooled.close)  # back to the pool
-                conn = backend.engine.connect()
+                conn = engine.connect()
                 async with asyncio.timeout(backend.connect_timeout):
                     await conn.start()
                 try:
@@ -143,9 +149,16 @@ async def run(
         except PersistenceError:
             raise
         except DRIVER_ERRORS as error:
+            failure = classify(error)
+            if failure is Failure.CONNECTION or bound.expired():
+                mark_connections_suspect(engine)
+            if replica is not None:
+                if failure is Failure.CONNECTION or bound.expired():
+                    backend.replica_failed(replica)
+                replica, attempt = None, attempt - 1  # the primary's turn, a fresh count
+                continue
             if bound.expired():
                 raise _timed_out(backend, action, committing=progress.committing) from error
-            failure = classify(error)
             if failure is Failure.UNIQUE:
                 raise ConflictError(f"could not {action}: a unique key is taken") from error
             if failure is Failure.RETRYABLE:
@@ -166,6 +179,16 @@ async def run(
                 await asyncio.sleep(pause)
                 continue
             raise to_backend_error(error, backend.url, action) from error
+
+
+def _attempt_deadline(
+    backend: _Backend, deadline: float | None, replica: Replica | None, now: float
+) -> float | None:
+    """When this attempt must end: the call's deadline; on a replica, connect_timeout too."""
+    if replica is None:
+        return deadline
+    limit = now + backend.connect_timeout
+    return limit if deadline is None else min(deadline, limit)
 
 
 def _timed_out(backend: _Backend, action: str, *, committing: bool) -> BackendError:

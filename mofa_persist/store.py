@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -27,9 +28,9 @@ from sqlalchemy import and_, delete, exists, func, insert, select, update
 
 from . import migrate as migrations
 from . import runner, sql, writes
+from .backend import Replica, ReplicaStatus, scope_filter, scope_params, scope_shape, session_filter
 from .backend import Scope as Scope
 from .backend import _Backend as _Backend
-from .backend import scope_filter, scope_params, scope_shape, session_filter
 from .convert import _loads, _NewMessage, _now, _session_record, _state_record
 from .cursor import _decode_cursor, _encode_cursor
 from .engine import create_engine
@@ -53,7 +54,7 @@ from .records import (
     Usage,
 )
 from .translate import DRIVER_ERRORS, to_backend_error
-from .urls import DatabaseUrl, Kind, parse_url
+from .urls import DatabaseUrl, Kind, parse_url, parse_urls
 from .validate import (
     EncodedJSON,
     check_limit,
@@ -102,10 +103,19 @@ class Store:
     #: URL used when none is given and ``DATABASE_URL`` is unset.
     default_url: ClassVar[str | None] = "memory://"
 
-    def __init__(self, backend: _Backend, scope: Scope | None = None, *, owner: bool = True):
+    def __init__(
+        self,
+        backend: _Backend,
+        scope: Scope | None = None,
+        *,
+        owner: bool = True,
+        stale_reads: bool = True,
+    ):
         self._backend = backend
         self._scope = scope or Scope()
         self._owner = owner
+        #: Whether reads that may lag (listings, usage, exports) may use a read replica.
+        self._stale_reads = stale_reads
         self._exact_floats = backend.url.kind == "postgresql"
 
     # ------------------------------------------------------------------ lifecycle
@@ -113,13 +123,14 @@ class Store:
     @classmethod
     async def connect(
         cls,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         migrate: bool = True,
         connect_timeout: float = 10.0,
         pool_size: int = 10,
         max_overflow: int = 10,
         call_timeout: float | None = 30.0,
+        read_replicas: Sequence[str] | None = None,
     ) -> Self:
         """Connect to ``url`` (default: ``DATABASE_URL``, else ``default_url``).
 
@@ -131,6 +142,13 @@ class Store:
         ``call_timeout`` bounds every later call on a server backend, retries included: a
         server that stops answering makes the call raise ``BackendError`` after that many
         seconds instead of hanging (``None``: no bound).
+
+        ``url`` may name several nodes of a cluster (``mysql://u@n1:3306,n2:3306/db`` or a list
+        of URLs): connections go to the first node that answers and move on when it fails.
+        ``read_replicas`` (server backends) take the reads that may lag behind the latest
+        writes: :meth:`list_sessions`, :meth:`usage`, exports and stats. Reads that must see
+        the caller's own writes (messages, state, sessions by id) and all writes stay on
+        ``url``; a replica that fails is skipped for a few seconds. See docs/scaling.md.
         """
         if url is None:
             url = os.environ.get("DATABASE_URL") or cls.default_url
@@ -146,7 +164,8 @@ class Store:
             or not call_timeout > 0
         ):
             raise InvalidInputError("call_timeout must be a positive number of seconds or None")
-        parsed = parse_url(url, allowed=cls.accepted_kinds)
+        parsed = parse_urls(url, allowed=cls.accepted_kinds)
+        replica_urls = _parse_replicas(parsed, read_replicas)
         store_class = cls if cls.accepted_kinds is not None else _store_class_for(parsed.kind)
         if parsed.kind == "sqlite":
             _ensure_parent_folder(parsed)
@@ -156,17 +175,30 @@ class Store:
             pool_size=pool_size,
             max_overflow=max_overflow,
         )
+        replicas = [
+            Replica(
+                replica_url,
+                create_engine(
+                    replica_url,
+                    connect_timeout=float(connect_timeout),
+                    pool_size=pool_size,
+                    max_overflow=max_overflow,
+                ),
+            )
+            for replica_url in replica_urls
+        ]
         backend = _Backend(
             parsed,
             engine,
             float(connect_timeout),
             None if call_timeout is None else float(call_timeout),
+            replicas,
         )
         store = cast("Self", store_class(backend))
         try:
             await store._open(migrate=migrate, connect_timeout=float(connect_timeout))
         except BaseException:
-            await engine.dispose()
+            await backend.dispose()
             raise
         return store
 
@@ -216,7 +248,7 @@ class Store:
         """Close the store's connections. Views made by :meth:`scoped` share them."""
         if self._owner and not self._backend.closed:
             self._backend.closed = True
-            await self._backend.engine.dispose()
+            await self._backend.dispose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -265,7 +297,32 @@ class Store:
             if user is not None and user != self._scope.user_id:
                 raise InvalidInputError("a store scoped to a user cannot be re-scoped to another")
             user = self._scope.user_id
-        return type(self)(self._backend, Scope(tenant, user), owner=False)
+        return type(self)(
+            self._backend, Scope(tenant, user), owner=False, stale_reads=self._stale_reads
+        )
+
+    def on_primary(self) -> Self:
+        """The same store (and scope) with every read on the primary, never on a replica.
+
+        For the moment a listing must include what the caller just wrote.
+        """
+        return type(self)(self._backend, self._scope, owner=False, stale_reads=False)
+
+    @property
+    def read_replicas(self) -> tuple[ReplicaStatus, ...]:
+        """Each read replica: its URL (password masked), whether it is in use, and counts."""
+        now = time.monotonic()
+        return tuple(
+            ReplicaStatus(
+                replica.url.display, replica.down_until <= now, replica.reads, replica.failures
+            )
+            for replica in self._backend.replicas
+        )
+
+    @property
+    def stale_reads(self) -> bool:
+        """Whether reads that may lag behind (listings, usage, exports) may use a replica."""
+        return self._stale_reads and bool(self._backend.replicas)
 
     # ------------------------------------------------------------------ sessions
 
@@ -419,7 +476,9 @@ class Store:
                 next_cursor = _encode_cursor(last.updated_at, last.id)
             return Page(items, next_cursor)
 
-        return await self._run(work, write=False, action="list sessions", one_read=True, lean=True)
+        return await self._run(
+            work, write=False, action="list sessions", one_read=True, lean=True, stale_ok=True
+        )
 
     # ------------------------------------------------------------------ messages
 
@@ -760,7 +819,7 @@ class Store:
                 by_status=by_status,
             )
 
-        return await self._run(work, write=False, action="read usage")
+        return await self._run(work, write=False, action="read usage", stale_ok=True)
 
     # ------------------------------------------------------------------ internals
 
@@ -822,10 +881,11 @@ class Store:
         one_read: bool = False,
         lean: bool = False,
         own_transaction: bool = False,
+        stale_ok: bool = False,
     ) -> T:
         """Run ``work`` in one transaction, retrying where that is known to be safe.
 
-        See :func:`mofa_persist.runner.run`.
+        See :func:`mofa_persist.runner.run`; ``stale_ok`` reads may go to a read replica.
         """
         return await runner.run(
             self._backend,
@@ -836,6 +896,7 @@ class Store:
             one_read=one_read,
             lean=lean,
             own_transaction=own_transaction,
+            stale_ok=stale_ok and self._stale_reads,
         )
 
     def _check_items(self, items: Iterable[Mapping[str, Any]]) -> list[_NewMessage]:
@@ -927,6 +988,19 @@ async def _latency_percentiles(
     return results
 
 
+def _parse_replicas(primary: DatabaseUrl, urls: Sequence[str] | None) -> list[DatabaseUrl]:
+    if urls is None:
+        return []
+    if isinstance(urls, str) or not isinstance(urls, Sequence):
+        raise InvalidInputError("read_replicas must be a list of URLs")
+    if urls and primary.kind not in ("postgresql", "mysql"):
+        raise InvalidInputError(f"read replicas need a server backend, not {primary.kind}")
+    parsed = [parse_url(url, allowed=(primary.kind,)) for url in urls]
+    if any(replica.database != primary.database for replica in parsed):
+        raise InvalidInputError("a read replica must name the same database as the primary")
+    return parsed
+
+
 def _ensure_parent_folder(url: DatabaseUrl) -> None:
     if url.host is not None:
         Path(url.host).parent.mkdir(parents=True, exist_ok=True)
@@ -962,13 +1036,14 @@ class MemoryStore(Store):
     @classmethod
     async def connect(
         cls,
-        url: str | None = "memory://",
+        url: str | Sequence[str] | None = "memory://",
         *,
         migrate: bool = True,
         connect_timeout: float = 10.0,
         pool_size: int = 10,
         max_overflow: int = 10,
         call_timeout: float | None = 30.0,
+        read_replicas: Sequence[str] | None = None,
     ) -> Self:
         return await super().connect(
             url or "memory://",
@@ -977,6 +1052,7 @@ class MemoryStore(Store):
             pool_size=pool_size,
             max_overflow=max_overflow,
             call_timeout=call_timeout,
+            read_replicas=read_replicas,
         )
 
 
@@ -993,13 +1069,14 @@ def _store_class_for(kind: Kind) -> type[Store]:
 
 
 async def connect(
-    url: str | None = None,
+    url: str | Sequence[str] | None = None,
     *,
     migrate: bool = True,
     connect_timeout: float = 10.0,
     pool_size: int = 10,
     max_overflow: int = 10,
     call_timeout: float | None = 30.0,
+    read_replicas: Sequence[str] | None = None,
 ) -> Store:
     """Connect to any backend: ``url``, else ``DATABASE_URL``, else in-memory.
 
@@ -1013,4 +1090,5 @@ async def connect(
         pool_size=pool_size,
         max_overflow=max_overflow,
         call_timeout=call_timeout,
+        read_replicas=read_replicas,
     )

@@ -46,7 +46,7 @@ async def count_selection(store: Store, selection: Selection) -> Counts:
         "api_call": select(func.count()).select_from(c_t).where(c_t.c.session_id.in_(ids)),
     }
     counts = Counts()
-    async with translated(store, "count rows"), reading(store) as conn:
+    async with translated(store, "count rows"), reading(store, stale_ok=True) as conn:
         for kind, query in queries.items():
             counts.add(kind, int((await conn.execute(query)).scalar_one()))
         if selection.includes_unattached_calls:
@@ -75,7 +75,7 @@ async def iter_export(
     """
     yield export_header(store, selection)
     counts = Counts()
-    async with translated(store, "export"), reading(store) as conn:
+    async with translated(store, "export"), reading(store, stale_ok=True) as conn:
         sessions = keyset(conn, s_t, selection.session_filters(), "id", batch_size)
         async for session in sessions:
             async for kind, row in session_rows(conn, session, batch_size):

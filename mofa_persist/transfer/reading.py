@@ -6,6 +6,7 @@ holds one page however long a history is. Driver failures leave here as ``Backen
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from ..engine import SQLITE_READ_ONLY
+from ..engine import SQLITE_READ_ONLY, mark_connections_suspect
 from ..errors import PersistenceError
 from ..translate import DRIVER_ERRORS, Failure, classify, to_backend_error
 from .common import CHILDREN, DEFAULT_BATCH, Counts, Kind, canonical_line, s_t
@@ -35,15 +36,37 @@ def exact_floats(store: Store) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def reading(store: Store) -> AsyncIterator[AsyncConnection]:
-    """One read transaction: a consistent snapshot on every backend, without write locks."""
-    async with store.engine.connect() as conn:
+async def reading(store: Store, *, stale_ok: bool = False) -> AsyncIterator[AsyncConnection]:
+    """One read transaction: a consistent snapshot on every backend, without write locks.
+
+    ``stale_ok`` reads (exports, stats) may run on a read replica of the store.
+    """
+    conn = await _read_connection(store, stale_ok)
+    try:
         if store.url.kind in ("sqlite", "memory"):
             await conn.execution_options(**{SQLITE_READ_ONLY: True})
         else:
             await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
             yield conn
+    finally:
+        await conn.close()
+
+
+async def _read_connection(store: Store, stale_ok: bool) -> AsyncConnection:
+    """A connection to a read replica that answers, else to the primary."""
+    backend = store._backend
+    replica = backend.replica_for_read() if stale_ok and store.stale_reads else None
+    if replica is not None:
+        conn = replica.engine.connect()
+        try:
+            async with asyncio.timeout(backend.connect_timeout):
+                return await conn.start()
+        except DRIVER_ERRORS:
+            # The replica is down or hung: skip it for a while; the primary answers.
+            backend.replica_failed(replica)
+            mark_connections_suspect(replica.engine)
+    return await store.engine.connect().start()
 
 
 @contextlib.asynccontextmanager

@@ -49,7 +49,7 @@ async def collect_stats(store: Store, *, since: datetime | None = None) -> Stats
     dialect = store.engine.dialect.name
     by_tenant: dict[str | None, dict[str, int]] = {}
     by_day: dict[str | None, dict[str, int]] = {}
-    async with translated(store, "collect stats"), reading(store) as conn:
+    async with translated(store, "collect stats"), reading(store, stale_ok=True) as conn:
         for metric, group, query in _stat_queries(since, dialect):
             target = by_tenant if group == "tenant" else by_day
             for key, value in await conn.execute(query):
