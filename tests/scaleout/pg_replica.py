@@ -202,44 +202,113 @@ class Node:
             time.sleep(0.05)
         self.starts += 1
 
-    def signal_group(self, sig: signal.Signals) -> None:
-        """Signal the postmaster and all its children (they share its process group)."""
-        if self.process is not None:
+    def _children(self) -> list[int]:
+        """The postmaster's live child processes, found through /proc.
+
+        Every PostgreSQL server process is a direct child of the postmaster, but each calls
+        setsid(), so none is in the postmaster's process group and killpg() would miss them.
+        """
+        if self.process is None:
+            return []
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if len(fields) > 1 and fields[0] != "Z" and int(fields[1]) == self.process.pid:
+                found.append(int(entry.name))
+        return found
+
+    def _wait_stopped(self, pids: list[int], timeout: float = 5) -> None:
+        """SIGSTOP takes effect asynchronously: wait until every process shows state T."""
+        deadline = time.monotonic() + timeout
+        for pid in pids:
+            while time.monotonic() < deadline:
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                except OSError:
+                    break  # gone
+                if stat[stat.rfind(")") + 2 :].split()[0] in ("T", "t", "Z", "X"):
+                    break
+                time.sleep(0.005)
+
+    def _signal(self, pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
+                os.kill(pid, sig)
+
+    def signal_all(self, sig: signal.Signals) -> None:
+        """Send SIGSTOP, SIGCONT or SIGKILL to the postmaster and every child it has.
+
+        The postmaster is stopped first so that it forks nothing we would miss; for SIGKILL
+        the children go before the postmaster, whose death would hide who they belong to.
+        """
+        if self.process is None:
+            return
+        postmaster = self.process.pid
+        if sig == signal.SIGCONT:
+            self._signal([*self._children(), postmaster], sig)
+            return
+        self._signal([postmaster], signal.SIGSTOP)
+        self._wait_stopped([postmaster])
+        children = self._children()
+        self._signal(children, sig)
+        if sig == signal.SIGSTOP:
+            self._wait_stopped(children)
+        else:
+            self._signal([postmaster], sig)
 
     def stop(self, mode: StopMode = "fast", timeout: float = 60) -> None:
         """``fast``: SIGINT (clean); ``immediate``: SIGQUIT (crash-like); ``kill``: SIGKILL all."""
         if self.process is None:
             return
-        sig = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT, "kill": signal.SIGKILL}[mode]
         if mode == "kill":
-            # The postmaster's children would keep the port and shared memory: take the group.
-            self.signal_group(sig)
+            self.signal_all(signal.SIGKILL)
         else:
             if self.frozen:  # a stopped process cannot act on SIGINT/SIGQUIT
-                self.signal_group(signal.SIGCONT)
+                self.signal_all(signal.SIGCONT)
+            sig = signal.SIGINT if mode == "fast" else signal.SIGQUIT
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(sig)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
+            mode = "kill"
+            self.signal_all(signal.SIGKILL)
             self.process.wait(timeout=30)
         finally:
-            self.signal_group(signal.SIGKILL)  # stragglers, if any
             self.process = None
             self.frozen = False
         if mode == "kill":
-            (self.data / "postmaster.pid").unlink(missing_ok=True)
+            self._drop_shared_memory()
+
+    def _drop_shared_memory(self) -> None:
+        """Remove the SysV segment a killed postmaster leaves behind, so none leak per test.
+
+        Its id is on line 7 of postmaster.pid; the file goes too, as after a real crash the
+        next start would otherwise look for that segment.
+        """
+        lock = self.data / "postmaster.pid"
+        try:
+            shmid = int(lock.read_text().splitlines()[6].split()[1])
+        except (OSError, IndexError, ValueError):
+            shmid = None
+        if shmid is not None and shutil.which("ipcrm") is not None:
+            subprocess.run(["ipcrm", "-m", str(shmid)], capture_output=True, check=False)
+        lock.unlink(missing_ok=True)
 
     def destroy(self) -> None:
-        """Kill whatever runs and delete the folder; never raises."""
+        """Stop whatever runs (immediate, which frees shared memory; else kill) and delete the
+        folder; never raises."""
+        with contextlib.suppress(Exception):
+            self.stop("immediate", timeout=30)
         with contextlib.suppress(Exception):
             self.stop("kill", timeout=30)
-        if self.process is not None:
-            self.signal_group(signal.SIGKILL)
-            self.process = None
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -346,21 +415,21 @@ class PrimaryWithReplica:
             time.sleep(0.05)
 
     def stop_replica(self, mode: StopMode = "fast") -> None:
-        """``fast``: SIGINT; ``immediate``: SIGQUIT; ``kill``: SIGKILL of its process group."""
+        """``fast``: SIGINT; ``immediate``: SIGQUIT; ``kill``: SIGKILL of every server process."""
         self._replica().stop(mode)
 
     def freeze_replica(self) -> None:
-        """SIGSTOP the replica's whole process group: a hung server that keeps its sockets."""
+        """SIGSTOP every replica process: a hung server that keeps its sockets open."""
         replica = self._replica()
         if replica.process is None:
             raise ServerUnavailable("replica is not running")
-        replica.signal_group(signal.SIGSTOP)
         replica.frozen = True
+        replica.signal_all(signal.SIGSTOP)
 
     def thaw_replica(self) -> None:
-        """SIGCONT the replica's process group; it carries on where it stopped."""
+        """SIGCONT every replica process; it carries on where it stopped."""
         replica = self._replica()
-        replica.signal_group(signal.SIGCONT)
+        replica.signal_all(signal.SIGCONT)
         replica.frozen = False
 
     def destroy(self) -> None:
