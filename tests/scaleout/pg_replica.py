@@ -121,7 +121,7 @@ class Node:
         self.uid: int | None = ids[0] if ids is not None else None
         self.gid: int | None = ids[1] if ids is not None else None
         self.extra_groups: list[int] | None = [] if ids is not None else None
-        self.root = Path(tempfile.mkdtemp(prefix=f"mofa-pg-{name}-"))
+        self.root = Path(tempfile.mkdtemp(prefix=f"mofa-pg-{name.removeprefix('mofa_')}-"))
         if ids is not None:
             os.chown(self.root, *ids)
         self.data = self.root / "data"
@@ -165,8 +165,9 @@ class Node:
             raise ServerUnavailable(f"{self.name} is already running")
         args = [
             str(PG_BIN / "postgres"),
-            *("-D", str(self.data), "-p", str(self.port), "-k", str(self.root)),
-            *("-c", f"cluster_name={self.name}"),
+            *("-D", str(self.data), "-p", str(self.port), "-c", f"cluster_name={self.name}"),
+            # TCP only: a Unix socket path under a long TMPDIR can exceed the 107-byte limit.
+            *("-c", "unix_socket_directories="),
         ]
         self.started_at = time.time()
         with self.log.open("ab") as log:
@@ -176,7 +177,7 @@ class Node:
                 stderr=log,
                 cwd=self.root,
                 env=_clean_env(),
-                start_new_session=True,  # its own process group: kill/freeze take all children
+                start_new_session=True,  # a Ctrl-C at the test run must not reach it
                 user=self.uid,
                 group=self.gid,
                 extra_groups=self.extra_groups,
@@ -290,8 +291,8 @@ class Node:
     def _drop_shared_memory(self) -> None:
         """Remove the SysV segment a killed postmaster leaves behind, so none leak per test.
 
-        Its id is on line 7 of postmaster.pid; the file goes too, as after a real crash the
-        next start would otherwise look for that segment.
+        Its id is on line 7 of postmaster.pid. The lock file goes too, so that a PID recycled
+        by then cannot make the next start think another postmaster still runs.
         """
         lock = self.data / "postmaster.pid"
         try:
@@ -303,8 +304,11 @@ class Node:
         lock.unlink(missing_ok=True)
 
     def destroy(self) -> None:
-        """Stop whatever runs (immediate, which frees shared memory; else kill) and delete the
-        folder; never raises."""
+        """Stop whatever runs and delete the folder; never raises.
+
+        An immediate shutdown comes first because the postmaster then frees its shared memory;
+        SIGKILL is the fallback.
+        """
         with contextlib.suppress(Exception):
             self.stop("immediate", timeout=30)
         with contextlib.suppress(Exception):

@@ -1,8 +1,8 @@
-"""The conformance suite's helpers (tests/conftest.py), importable from this folder.
+"""The conformance suite's helpers (tests/conftest.py), importable from the sub-suites.
 
-pytest loads both tests/conftest.py and tests/reliability/conftest.py under the module name
-``conftest``, so ``from conftest import ...`` here would find this folder's own conftest.
-This loads the parent file once more under a name of its own; only its helper functions are
+pytest loads tests/conftest.py and the conftest.py of tests/reliability and tests/scaleout all
+under the module name ``conftest``, so ``from conftest import ...`` there would find their own.
+This loads tests/conftest.py once more under a name of its own; only its helper functions are
 used (its fixtures stay registered through pytest's own import).
 """
 
@@ -14,9 +14,7 @@ from pathlib import Path
 
 _NAME = "mofa_tests_root_conftest"
 if _NAME not in sys.modules:
-    _spec = importlib.util.spec_from_file_location(
-        _NAME, Path(__file__).parent.parent / "conftest.py"
-    )
+    _spec = importlib.util.spec_from_file_location(_NAME, Path(__file__).parent / "conftest.py")
     assert _spec is not None and _spec.loader is not None
     _module = importlib.util.module_from_spec(_spec)
     sys.modules[_NAME] = _module

@@ -1,0 +1,207 @@
+"""A PostgreSQL primary with a streaming hot standby as ``read_replicas``.
+
+Pausing the standby's WAL replay makes it visibly stale, which shows where each read went:
+listings, usage and exports answer from the replica (without the newest writes), while the
+agent's context, its state and sessions by id answer from the primary (with them). The replica
+is then killed, restarted and frozen under load: no call may fail or hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import statistics
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from figures import record
+
+import mofa_persist
+from mofa_persist import backend as backend_module
+from mofa_persist.transfer import Selection, export_jsonl
+
+if TYPE_CHECKING:
+    import pytest
+    from pg_replica import PrimaryWithReplica
+
+
+def wait_replayed(pair: PrimaryWithReplica, timeout: float = 30) -> None:
+    """Until the replica has replayed everything the primary has written so far."""
+    lsn = pair.psql_primary("SELECT pg_current_wal_lsn()")
+    deadline = time.monotonic() + timeout
+    while pair.psql_replica(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") != "t":
+        assert time.monotonic() < deadline, f"the replica did not replay up to {lsn}"
+        time.sleep(0.01)
+
+
+def exported_sessions(text: str) -> set[str]:
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {line["id"] for line in lines if line.get("type") == "session"}
+
+
+async def test_stale_reads_on_the_replica_own_writes_on_the_primary(
+    replica_pair: PrimaryWithReplica, replicated_db: str
+) -> None:
+    primary, replica = (
+        replica_pair.primary_url(replicated_db),
+        replica_pair.replica_url(replicated_db),
+    )
+    async with await mofa_persist.connect(primary, read_replicas=[replica]) as store:
+        wait_replayed(replica_pair)  # the schema that connect() just created
+        old = await store.create_session(title="replicated before the pause")
+        wait_replayed(replica_pair)
+        assert [s.id for s in (await store.list_sessions()).items] == [old.id]
+
+        replica_pair.pause_replay()
+        new = await store.create_session(title="written while the replica is paused")
+        await store.append_messages(
+            new.id, [{"role": "user", "content": f"message {n}"} for n in range(3)]
+        )
+        await store.save_state(new.id, {"step": 1})
+        await store.record_api_call(
+            session_id=new.id, model="m", status="success", latency_ms=5, total_tokens=7
+        )
+        reads_before = store.read_replicas[0].reads
+
+        # May lag: the replica answers, without the newest writes.
+        assert [s.id for s in (await store.list_sessions()).items] == [old.id]
+        assert (await store.usage()).calls == 0
+        out = io.StringIO()
+        await export_jsonl(store, out, Selection())
+        assert exported_sessions(out.getvalue()) == {str(old.id)}
+        assert store.read_replicas[0].reads == reads_before + 3
+
+        # Must see the caller's own writes: the primary answers.
+        assert (await store.get_session(new.id)).title == new.title
+        context = await store.get_messages(new.id, limit=10)
+        assert [m.content for m in context] == ["message 0", "message 1", "message 2"]
+        state = await store.load_state(new.id)
+        assert state is not None and state.state == {"step": 1}
+        fresh = store.on_primary()
+        assert [s.id for s in (await fresh.list_sessions()).items] == [new.id, old.id]
+        assert (await fresh.usage()).total_tokens == 7
+        assert store.read_replicas[0].reads == reads_before + 3
+
+        replica_pair.resume_replay()
+        wait_replayed(replica_pair)
+        assert [s.id for s in (await store.list_sessions()).items] == [new.id, old.id]
+        assert (await store.usage()).calls == 1
+        assert store.read_replicas[0].failures == 0
+
+
+async def test_replica_lag_observed(replica_pair: PrimaryWithReplica, replicated_db: str) -> None:
+    """Time from a committed write on the primary to the row being readable on the replica."""
+    writes = 200
+    primary, replica = (
+        replica_pair.primary_url(replicated_db),
+        replica_pair.replica_url(replicated_db),
+    )
+    async with (
+        await mofa_persist.connect(primary) as writer,
+        await mofa_persist.connect(replica, migrate=False) as reader,
+    ):
+        wait_replayed(replica_pair)
+        lags_ms: list[float] = []
+        for _ in range(writes):
+            session = await writer.create_session(title="lag probe")
+            committed = time.perf_counter()
+            while True:
+                try:
+                    await reader.get_session(session.id)
+                    break
+                except mofa_persist.NotFoundError:
+                    assert time.perf_counter() - committed < 30, "the replica stopped replaying"
+            lags_ms.append((time.perf_counter() - committed) * 1000)
+        lag = replica_pair.replication_lag()
+    lags_ms.sort()
+    assert len(lags_ms) == writes and lag["state"] == "streaming"
+    record(
+        "replica lag (commit on primary -> visible on replica, polled)",
+        writes=writes,
+        p50_ms=round(statistics.median(lags_ms), 2),
+        p95_ms=round(lags_ms[int(writes * 0.95) - 1], 2),
+        max_ms=round(lags_ms[-1], 2),
+        byte_lag_after=lag["byte_lag"],
+    )
+
+
+async def _reads_and_writes(store: mofa_persist.Store, seconds: float) -> tuple[int, float]:
+    """Writes then reads in a loop for ``seconds``; returns (calls made, slowest call in s)."""
+    calls, slowest = 0, 0.0
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        started = time.monotonic()
+        session = await store.create_session(title="under load")
+        await store.append_message(session.id, "user", "hello")
+        page = await store.list_sessions(limit=5)
+        usage = await store.usage()
+        assert (await store.get_messages(session.id))[0].content == "hello"
+        assert page.items and usage.calls == 0
+        calls += 5
+        slowest = max(slowest, (time.monotonic() - started) / 5)
+    return calls, slowest
+
+
+async def test_a_replica_that_goes_away_is_skipped_then_used_again(
+    replica_pair: PrimaryWithReplica, replicated_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "REPLICA_RETRY_AFTER_S", 0.5)
+    primary, replica = (
+        replica_pair.primary_url(replicated_db),
+        replica_pair.replica_url(replicated_db),
+    )
+    async with await mofa_persist.connect(
+        primary, read_replicas=[replica], connect_timeout=2
+    ) as store:
+        wait_replayed(replica_pair)
+        before, _ = await _reads_and_writes(store, 1.0)
+        assert store.read_replicas[0].reads > 0 and store.read_replicas[0].failures == 0
+
+        replica_pair.stop_replica("kill")
+        try:
+            during, slowest_kill = await _reads_and_writes(store, 2.0)
+            assert store.read_replicas[0].failures >= 1
+        finally:
+            replica_pair.start_replica()
+
+        replica_pair.freeze_replica()
+        try:
+            frozen = time.monotonic()
+            page = await asyncio.wait_for(store.list_sessions(limit=1), 60)
+            frozen_s = time.monotonic() - frozen
+            assert page.items
+            during_freeze, slowest_freeze = await _reads_and_writes(store, 1.0)
+        finally:
+            replica_pair.thaw_replica()
+        replica_pair.wait_streaming()
+        wait_replayed(replica_pair)
+
+        await asyncio.sleep(0.6)  # past REPLICA_RETRY_AFTER_S: the replica gets another try
+        reads, failures = store.read_replicas[0].reads, store.read_replicas[0].failures
+        await store.list_sessions()
+        await store.usage()
+        assert store.read_replicas[0].reads == reads + 2
+        assert store.read_replicas[0].failures == failures
+    record(
+        "replica goes away (killed, restarted, frozen) under load",
+        calls_before=before,
+        calls_while_killed=during,
+        calls_while_frozen=during_freeze,
+        replica_failures_seen=failures,
+        slowest_call_while_killed_ms=round(slowest_kill * 1000, 1),
+        first_read_while_frozen_ms=round(frozen_s * 1000, 1),
+        slowest_call_while_frozen_ms=round(slowest_freeze * 1000, 1),
+    )
+
+
+async def test_a_standby_in_a_node_list_is_skipped_for_writes(
+    replica_pair: PrimaryWithReplica, replicated_db: str
+) -> None:
+    """Failover URLs never write to a hot standby: the primary is found even when listed last."""
+    urls = [replica_pair.replica_url(replicated_db), replica_pair.primary_url(replicated_db)]
+    async with await mofa_persist.connect(urls) as store:
+        session = await store.create_session(title=f"written on the primary {uuid.uuid4()}")
+        await store.append_message(session.id, "user", "hi")
+        assert (await store.get_messages(session.id))[0].content == "hi"
