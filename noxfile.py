@@ -8,6 +8,8 @@ MOFA_TEST_POSTGRES_URL / MOFA_TEST_MYSQL_URL. With CI=true an unreachable server
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import nox
 
@@ -18,6 +20,7 @@ nox.options.sessions = [
     "tests",
     "migrations",
     "reliability",
+    "scaleout",
     "bench_smoke",
     "lint",
     "typecheck",
@@ -106,6 +109,43 @@ def reliability(session: nox.Session) -> None:
         *session.posargs,
         env=_env(MOFA_TEST_BACKENDS="sqlite,postgresql,mysql"),
     )
+
+
+@nox.session
+def scaleout(session: nox.Session) -> None:
+    """A private 3-node Galera cluster and a PostgreSQL primary with a streaming replica.
+
+    The conformance suite runs unchanged against one Galera node, then tests/scaleout runs
+    the cluster checks (writers on every node, node kills, migrations, replica routing).
+    """
+    _install(session, "test")
+    root = Path(session.create_tmp()).resolve() / "galera"
+    script = "scripts/galera-cluster"
+    session.run("python", script, "destroy", "--dir", str(root))  # leftovers of a killed run
+    session.run("python", script, "start", "--dir", str(root))
+    try:
+        session.run("python", script, "check", "--dir", str(root))
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+        from galera import GaleraCluster
+
+        node = GaleraCluster.load(root).admin_url(0)
+        session.run(
+            "pytest",
+            "tests",
+            "--ignore=tests/reliability",
+            "--ignore=tests/scaleout",
+            "-m",
+            "not migrations",
+            env=_env(MOFA_TEST_BACKENDS="mysql", MOFA_TEST_MYSQL_URL=node),
+        )
+        session.run(
+            "pytest",
+            "tests/scaleout",
+            *session.posargs,
+            env=_env(MOFA_TEST_BACKENDS="mysql", MOFA_GALERA_DIR=str(root)),
+        )
+    finally:
+        session.run("python", script, "destroy", "--dir", str(root))
 
 
 @nox.session

@@ -9,7 +9,6 @@ a cluster that cannot start fails the run; elsewhere its tests are skipped loudl
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import figures
 import pytest
+from databases import create_cluster_database, drop_cluster_database
 from rootconf import IN_CI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,42 +59,6 @@ def galera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaleraCluster]:
     finally:
         if owned:
             cluster.destroy()
-
-
-async def _mysql_admin(url: str, statements: list[str]) -> None:
-    import aiomysql
-
-    from mofa_persist.urls import parse_url
-
-    sa_url = parse_url(url).sa_url
-    conn = await aiomysql.connect(
-        host=sa_url.host, port=sa_url.port, user=sa_url.username, autocommit=True
-    )
-    try:
-        async with conn.cursor() as cursor:
-            for statement in statements:
-                await cursor.execute(statement)
-    finally:
-        conn.close()
-
-
-def create_cluster_database(cluster: GaleraCluster) -> str:
-    """A fresh database (created on node 0; DDL reaches every node); returns its name."""
-    name = f"mofa_scale_{uuid.uuid4().hex[:12]}"
-    statement = f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-    asyncio.run(_mysql_admin(cluster.admin_url(0), [statement]))
-    return name
-
-
-def drop_cluster_database(cluster: GaleraCluster, name: str) -> None:
-    for node in range(cluster.nodes):  # the first node that is up drops it everywhere
-        try:
-            asyncio.run(
-                _mysql_admin(cluster.admin_url(node), [f"DROP DATABASE IF EXISTS `{name}`"])
-            )
-            return
-        except Exception:  # that node is down: try the next
-            continue
 
 
 @pytest.fixture
