@@ -84,10 +84,9 @@ def migrations(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Ruff: lint and formatting."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
-    session.run("ruff", "check", "mofa_persist", "tests", "migrations", "bench", "noxfile.py")
-    session.run(
-        "ruff", "format", "--check", "mofa_persist", "tests", "migrations", "bench", "noxfile.py"
-    )
+    sources = ["mofa_persist", "tests", "migrations", "bench", "scripts", "noxfile.py"]
+    session.run("ruff", "check", *sources)
+    session.run("ruff", "format", "--check", *sources)
 
 
 @nox.session

@@ -117,8 +117,8 @@ async def run(
                         )
                         progress.clean = True
                         return result
-                    except Exception:
-                        progress.clean = not bound.expired()
+                    except Exception as error:
+                        progress.clean = _reusable(error, bound)
                         raise
                     finally:
                         if not (progress.clean or backend.is_sqlite) and pooled.is_valid:
@@ -135,8 +135,8 @@ async def run(
                     )
                     progress.clean = True
                     return result
-                except Exception:
-                    progress.clean = not bound.expired()
+                except Exception as error:
+                    progress.clean = _reusable(error, bound)
                     raise
                 finally:
                     # SQLite rolled back already; dropping the in-memory store's one
@@ -179,6 +179,13 @@ async def run(
                 await asyncio.sleep(pause)
                 continue
             raise to_backend_error(error, backend.url, action) from error
+
+
+def _reusable(error: Exception, bound: asyncio.Timeout) -> bool:
+    """Whether the connection of a failed attempt may go back to the pool."""
+    if bound.expired():
+        return False
+    return not (isinstance(error, DRIVER_ERRORS) and classify(error) is Failure.CONNECTION)
 
 
 def _attempt_deadline(

@@ -41,6 +41,9 @@ _MYSQL_ERRNOS = {
     1452: Failure.FOREIGN_KEY,
     1213: Failure.RETRYABLE,  # ER_LOCK_DEADLOCK (also Galera certification failures)
     1205: Failure.RETRYABLE,  # ER_LOCK_WAIT_TIMEOUT
+    # Galera: "WSREP has not yet prepared node for application use" (the node left the
+    # primary component or is still joining): this connection is useless, another node not.
+    1047: Failure.CONNECTION,
     1927: Failure.CONNECTION,  # ER_CONNECTION_KILLED
     2003: Failure.CONNECTION,  # can't connect
     2006: Failure.CONNECTION,  # server has gone away
@@ -108,9 +111,9 @@ def describe(error: BaseException, url: DatabaseUrl) -> str:
     if isinstance(driver, TimeoutError) and not str(driver).strip():
         return "timed out"
     reason = str(driver).strip().splitlines()[0] if str(driver).strip() else type(driver).__name__
-    password = url.sa_url.password
-    if password:
-        reason = reason.replace(str(password), "***")
+    for node in url.nodes or (url.sa_url,):
+        if node.password:
+            reason = reason.replace(str(node.password), "***")
     return reason[:300]
 
 

@@ -29,17 +29,19 @@ async def _mysql_admin(url: str, statements: list[str]) -> list[tuple[object, ..
         conn.close()
 
 
-async def certification_failures(cluster: GaleraCluster) -> int:
-    """Transactions aborted by certification or by a replicated write, summed over nodes."""
+async def certification_failures(cluster: GaleraCluster) -> dict[str, int]:
+    """The cluster's conflict counters, summed over nodes: transactions that failed
+    certification at commit, and local transactions aborted by a replicated write (one
+    conflict may count in both). Each such abort reached the store as a deadlock."""
     statement = (
         "SHOW GLOBAL STATUS WHERE Variable_name IN "
         "('wsrep_local_cert_failures', 'wsrep_local_bf_aborts')"
     )
-    total = 0
+    totals = {"wsrep_local_cert_failures": 0, "wsrep_local_bf_aborts": 0}
     for node in range(cluster.nodes):
-        rows = await _mysql_admin(cluster.admin_url(node), [statement])
-        total += sum(int(str(value)) for _, value in rows)
-    return total
+        for name, value in await _mysql_admin(cluster.admin_url(node), [statement]):
+            totals[str(name)] += int(str(value))
+    return totals
 
 
 def create_cluster_database(cluster: GaleraCluster) -> str:
