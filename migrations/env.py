@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from alembic import context
 
 from mofa_persist.engine import create_engine
-from mofa_persist.migrate import LOCK_TABLE, run_locked
+from mofa_persist.migrate import include_name, run_locked
 from mofa_persist.models import Base
 from mofa_persist.urls import parse_url
 
@@ -31,18 +31,13 @@ if config.config_file_name is not None and config.attributes.get("connection") i
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def _include_name(name: str | None, type_: str, _parents: object) -> bool:
-    # The Galera migration lease lives beside the schema, not in it (see migrate.py).
-    return not (type_ == "table" and name == LOCK_TABLE)
-
-
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=True,  # ALTER on SQLite by copy-and-move; no effect elsewhere
         compare_type=True,
-        include_name=_include_name,
+        include_name=include_name,
     )
 
 

@@ -41,6 +41,12 @@ LOCK_TABLE = "mofa_persist_lock"
 _LEASE_S = 600
 
 
+def include_name(name: str | None, type_: str, _parents: object) -> bool:
+    """Alembic's ``include_name`` hook: the Galera migration lease lives beside the schema,
+    not in it, so autogenerate and ``alembic check`` must not offer to drop it."""
+    return not (type_ == "table" and name == LOCK_TABLE)
+
+
 @cache
 def script_location() -> str:
     """The migrations folder: inside the installed package, or ``migrations/`` in a checkout."""

@@ -19,7 +19,7 @@ from sqlalchemy import inspect
 
 import mofa_persist
 from mofa_persist.engine import create_engine
-from mofa_persist.migrate import head_revision
+from mofa_persist.migrate import head_revision, include_name
 from mofa_persist.models import Base
 from mofa_persist.urls import parse_url
 
@@ -67,7 +67,9 @@ async def inspect_db(url: str) -> tuple[set[str], str | None, list[object]]:
     engine = create_engine(parse_url(url), use_null_pool=True)
 
     def read(connection: Connection) -> tuple[set[str], str | None, list[object]]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_name": include_name}
+        )
         tables = set(inspect(connection).get_table_names())
         diff = compare_metadata(context, Base.metadata) if tables >= TABLES else []
         return tables, context.get_current_revision(), diff
