@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -96,22 +97,33 @@ async def _audit(url: str | list[str], sessions: list[uuid.UUID], ledger: Ledger
     )
 
 
-async def _new_sessions(url: str | list[str]) -> list[uuid.UUID]:
+async def _new_sessions(url: str | list[str], count: int = SESSIONS) -> list[uuid.UUID]:
     async with await mofa_persist.connect(url) as store:
-        return [(await store.create_session(title=f"shared {n}")).id for n in range(SESSIONS)]
+        return [(await store.create_session(title=f"session {n}")).id for n in range(count)]
 
 
-async def _throughput(urls: list[str], sessions: list[uuid.UUID]) -> tuple[Ledger, float]:
-    """Every store gets WRITERS_PER_STORE writers; returns the ledger and messages/s."""
+async def _throughput(
+    urls: list[str], sessions: list[uuid.UUID], *, shared: bool
+) -> tuple[Ledger, float]:
+    """Every store gets WRITERS_PER_STORE writers, which append to all ``sessions`` in turn
+    (``shared``) or each to one of its own; returns the ledger and messages/s."""
     ledger = Ledger()
     stores = [await mofa_persist.connect(url, migrate=False) for url in urls]
+    writers = [
+        (store, f"s{s}w{w}") for s, store in enumerate(stores) for w in range(WRITERS_PER_STORE)
+    ]
     try:
         started = time.perf_counter()
         await asyncio.gather(
             *(
-                _writer(store, sessions, f"s{s}w{w}", ledger, count=APPENDS_PER_WRITER)
-                for s, store in enumerate(stores)
-                for w in range(WRITERS_PER_STORE)
+                _writer(
+                    store,
+                    sessions if shared else [sessions[index]],
+                    tag,
+                    ledger,
+                    count=APPENDS_PER_WRITER,
+                )
+                for index, (store, tag) in enumerate(writers)
             )
         )
         elapsed = time.perf_counter() - started
@@ -121,11 +133,13 @@ async def _throughput(urls: list[str], sessions: list[uuid.UUID]) -> tuple[Ledge
     return ledger, len(ledger.acked) / elapsed
 
 
+@pytest.mark.parametrize("sharing", ["shared sessions", "own sessions"])
 @pytest.mark.parametrize("placement", ["single server", "one node", "three nodes"])
-async def test_writers_on_shared_sessions_lose_nothing(
-    galera: GaleraCluster, placement: str
+async def test_writers_on_every_node_lose_nothing(
+    galera: GaleraCluster, placement: str, sharing: str
 ) -> None:
-    """12 writers through 3 stores append to 8 shared sessions; throughput is recorded."""
+    """12 writers through 3 stores append to 12 sessions, all of them in turn (every session
+    written through every node) or one each; throughput is recorded."""
     if placement == "single server":  # the shared, non-clustered MariaDB, for comparison
         url = await asyncio.to_thread(create_database, "mysql")
         urls = [url] * 3
@@ -135,10 +149,10 @@ async def test_writers_on_shared_sessions_lose_nothing(
         nodes = [0, 0, 0] if placement == "one node" else [0, 1, 2]
         urls = [galera.url(node, database) for node in nodes]
     try:
-        sessions = await _new_sessions(urls[0])
+        sessions = await _new_sessions(urls[0], 3 * WRITERS_PER_STORE)
         clustered = database is not None
         before = await certification_failures(galera) if clustered else {}
-        ledger, rate = await _throughput(urls, sessions)
+        ledger, rate = await _throughput(urls, sessions, shared=sharing == "shared sessions")
         after = await certification_failures(galera) if clustered else {}
         audit = await _audit(urls[-1], sessions, ledger)
     finally:
@@ -152,7 +166,7 @@ async def test_writers_on_shared_sessions_lose_nothing(
     assert (audit.lost, audit.duplicated, audit.invented, audit.bad_sequences) == (0, 0, 0, 0)
     assert audit.stored == sent
     record(
-        f"append to shared sessions, {placement}",
+        f"append, {sharing}, {placement}",
         messages=sent,
         messages_per_s=round(rate),
         lost=audit.lost,
@@ -222,6 +236,7 @@ async def test_losing_a_node_mid_workload_loses_no_acknowledged_write(
         unacknowledged_calls=len(ledger.failed),
         stored=audits[0].stored,
         rounds=rounds,
+        errors=dict(Counter(error.split(": ", 1)[-1][:90] for error in ledger.errors)),
     )
 
 
