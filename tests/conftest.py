@@ -68,12 +68,17 @@ QUIRKS = {
 }
 
 
-def _unreachable(backend: str, error: BaseException) -> None:
-    message = f"{backend} server unreachable ({type(error).__name__}: {error})"
+def unavailable(what: str, error: BaseException | str) -> None:
+    """Something a test needs is missing: under CI=true a failure, else a loud skip."""
+    message = f"{what} unavailable: {error}"
     if IN_CI:
         pytest.fail(f"CI=true and {message}", pytrace=False)
-    print(f"\n*** SKIPPING {backend.upper()}: {message} ***")
-    pytest.skip(f"SKIPPED {backend}: {message}")
+    print(f"\n*** SKIPPING: {message} ***")
+    pytest.skip(f"SKIPPED {message}")
+
+
+def _unreachable(backend: str, error: BaseException) -> None:
+    unavailable(f"{backend} server", f"unreachable ({type(error).__name__}: {error})")
 
 
 async def _admin(backend: str, statements: list[str]) -> None:

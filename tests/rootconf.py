@@ -26,3 +26,4 @@ create_database = root.create_database
 drop_database = root.drop_database
 selected_backends = root.selected_backends
 url_on_server = root.url_on_server
+unavailable = root.unavailable

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from rootconf import IN_CI, create_database, drop_database, selected_backends
+from rootconf import create_database, drop_database, selected_backends, unavailable
 from servers import PrivateMariaDB, PrivatePostgres, ServerUnavailable, private_server
 
 if TYPE_CHECKING:
@@ -31,14 +31,6 @@ ALL = selected_backends()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "soak: long reliability runs (nox -s soak)")
-
-
-def unavailable(what: str, error: BaseException | str) -> None:
-    message = f"{what} unavailable: {error}"
-    if IN_CI:
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    print(f"\n*** SKIPPING: {message} ***")
-    pytest.skip(f"SKIPPED {message}")
 
 
 def fresh_database(backend: str, folder: Path) -> str:

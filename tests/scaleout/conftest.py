@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import figures
 import pytest
 from databases import create_cluster_database, drop_cluster_database
-from rootconf import IN_CI
+from rootconf import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -29,14 +29,6 @@ from pg_replica import PrimaryWithReplica, ServerUnavailable  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-def unavailable(what: str, error: BaseException | str) -> None:
-    message = f"{what} unavailable: {error}"
-    if IN_CI:
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    print(f"\n*** SKIPPING: {message} ***")
-    pytest.skip(f"SKIPPED {message}")
 
 
 @pytest.fixture(scope="session")
