@@ -27,10 +27,20 @@ class BackendError(PersistenceError):
     """The database could not be reached or failed a query.
 
     ``host`` and ``database`` name where the store points (never the password); the driver's
-    exception is ``__cause__``.
+    exception is ``__cause__``. ``outcome_unknown`` is true when the connection was lost or
+    timed out while committing a write: it may or may not be stored, so check before
+    writing it again.
     """
 
-    def __init__(self, message: str, *, host: str | None = None, database: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str | None = None,
+        database: str | None = None,
+        outcome_unknown: bool = False,
+    ):
         super().__init__(message)
         self.host = host
         self.database = database
+        self.outcome_unknown = outcome_unknown

@@ -158,7 +158,9 @@ async def run(
                 replica, attempt = None, attempt - 1  # the primary's turn, a fresh count
                 continue
             if bound.expired():
-                raise _timed_out(backend, action, committing=progress.committing) from error
+                raise _timed_out(
+                    backend, action, committing=write and progress.committing
+                ) from error
             if failure is Failure.UNIQUE:
                 raise ConflictError(f"could not {action}: a unique key is taken") from error
             if failure is Failure.RETRYABLE:
@@ -178,7 +180,9 @@ async def run(
             if retry:
                 await asyncio.sleep(pause)
                 continue
-            raise to_backend_error(error, backend.url, action) from error
+            raise to_backend_error(
+                error, backend.url, action, committing=write and progress.committing
+            ) from error
 
 
 def _reusable(error: Exception, bound: asyncio.Timeout) -> bool:
@@ -206,6 +210,7 @@ def _timed_out(backend: _Backend, action: str, *, committing: bool) -> BackendEr
         f"{backend.call_timeout:g}s to {action}{outcome}",
         host=url.host,
         database=url.database,
+        outcome_unknown=committing,
     )
 
 

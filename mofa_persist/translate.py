@@ -117,17 +117,30 @@ def describe(error: BaseException, url: DatabaseUrl) -> str:
     return reason[:300]
 
 
-def to_backend_error(error: BaseException, url: DatabaseUrl, action: str) -> PersistenceError:
-    """Wrap ``error`` as a :class:`BackendError` naming where the store points."""
+def to_backend_error(
+    error: BaseException, url: DatabaseUrl, action: str, *, committing: bool = False
+) -> PersistenceError:
+    """Wrap ``error`` as a :class:`BackendError` naming where the store points.
+
+    ``committing``: the failure came while a write may have been committing; a lost
+    connection then leaves its outcome unknown, and the error says so.
+    """
     if isinstance(error, PersistenceError):
         return error
     where = url.display if url.kind in ("sqlite", "memory") else f"{url.host}/{url.database}"
     kind = classify(error)
+    unknown = committing and kind is Failure.CONNECTION
     if kind is Failure.CONNECTION:
-        message = f"cannot reach the {url.kind} database at {where} ({action}): "
+        message = f"cannot reach the {url.kind} database at {where} ({action}"
+        message += ", which may or may not have been committed): " if unknown else "): "
     else:
         message = f"{url.kind} database at {where} failed to {action}: "
-    return BackendError(message + describe(error, url), host=url.host, database=url.database)
+    return BackendError(
+        message + describe(error, url),
+        host=url.host,
+        database=url.database,
+        outcome_unknown=unknown,
+    )
 
 
 def _driver_error_types() -> tuple[type[BaseException], ...]:

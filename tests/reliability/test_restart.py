@@ -79,6 +79,8 @@ class Workload:
         self.store = store
         self.sid = sid
         self.acked: set[str] = set()
+        #: Messages of failed calls that did not say "may or may not have been committed".
+        self.not_committed: set[str] = set()
         self.failures: list[BaseException] = []
         self.slowest = 0.0
         self._count = 0
@@ -93,16 +95,17 @@ class Workload:
             self._count += 1
             name = f"m{self._count}"
             started = time.monotonic()
+            names = [name + "-0"] if self._count % 2 else [f"{name}-{i}" for i in range(3)]
             try:
-                if self._count % 2:
-                    await self.store.append_message(self.sid, "user", name + "-0")
-                    names = [name + "-0"]
+                if len(names) == 1:
+                    await self.store.append_message(self.sid, "user", names[0])
                 else:
-                    items = [{"role": "assistant", "content": f"{name}-{i}"} for i in range(3)]
+                    items = [{"role": "assistant", "content": text} for text in names]
                     await self.store.append_messages(self.sid, items)
-                    names = [item["content"] for item in items]
             except Exception as error:
                 self.failures.append(error)
+                if not getattr(error, "outcome_unknown", False):
+                    self.not_committed.update(names)
                 await asyncio.sleep(0.05)
             else:
                 self.acked.update(names)
@@ -184,6 +187,8 @@ async def _restart_cycles(
         assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
         lost = workload.acked - set(stored)
         assert not lost, f"{len(lost)} acknowledged messages lost: {sorted(lost)[:5]}"
+        phantoms = workload.not_committed & set(stored)
+        assert not phantoms, f"{len(phantoms)} stored though their call said not committed"
         assert {f"back {cycle}" for cycle in range(cycles)} <= set(stored)
     finally:
         await store.close()
@@ -194,6 +199,7 @@ async def _restart_cycles(
         outage_calls_failed_fast=outage_calls,
         acknowledged=len(workload.acked),
         failed_during_outage=len(workload.failures),
+        outcome_unknown=sum(getattr(f, "outcome_unknown", False) for f in workload.failures),
         lost=len(lost),
     )
 

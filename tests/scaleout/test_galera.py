@@ -36,10 +36,12 @@ APPENDS_PER_WRITER = 30
 
 @dataclass
 class Ledger:
-    """What the writers sent: acknowledged, failed (outcome unknown), and the errors seen."""
+    """What the writers sent: acknowledged; failed with ``outcome_unknown`` (may be stored);
+    failed otherwise (must not be stored); and the errors seen."""
 
     acked: set[tuple[uuid.UUID, str]] = field(default_factory=set)
     failed: set[tuple[uuid.UUID, str]] = field(default_factory=set)
+    refused: set[tuple[uuid.UUID, str]] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
 
 
@@ -59,8 +61,8 @@ async def _writer(
         index += 1
         try:
             await store.append_message(sid, "user", content)
-        except mofa_persist.BackendError as error:  # unacknowledged: may or may not be stored
-            ledger.failed.add((sid, content))
+        except mofa_persist.BackendError as error:  # unacknowledged
+            (ledger.failed if error.outcome_unknown else ledger.refused).add((sid, content))
             ledger.errors.append(str(error))
         else:
             ledger.acked.add((sid, content))
@@ -92,6 +94,7 @@ async def _audit(url: str | list[str], sessions: list[uuid.UUID], ledger: Ledger
         stored=len(stored),
         lost=len(ledger.acked - unique),
         duplicated=len(stored) - len(unique),
+        # Stored but never acknowledged, and not reported as "may or may not be committed".
         invented=len(unique - ledger.acked - ledger.failed),
         bad_sequences=bad_sequences,
     )
@@ -194,7 +197,8 @@ async def test_losing_a_node_mid_workload_loses_no_acknowledged_write(
         await mofa_persist.connect(urls[1:] + urls[:1], connect_timeout=5) as second,
     ):
         for action, victim in DISRUPTIONS:
-            acked_before, failed_before = len(ledger.acked), len(ledger.failed)
+            acked_before = len(ledger.acked)
+            failed_before = len(ledger.failed) + len(ledger.refused)
             until = time.monotonic() + 5.0
             writers = asyncio.gather(
                 *(
@@ -218,7 +222,7 @@ async def test_losing_a_node_mid_workload_loses_no_acknowledged_write(
                 {
                     "node": f"{action} {victim}",
                     "acked": len(ledger.acked) - acked_before,
-                    "unacknowledged": len(ledger.failed) - failed_before,
+                    "unacknowledged": len(ledger.failed) + len(ledger.refused) - failed_before,
                     "rejoin_s": round(time.monotonic() - back, 1),
                 }
             )
@@ -233,7 +237,8 @@ async def test_losing_a_node_mid_workload_loses_no_acknowledged_write(
         "nodes killed / cut off mid-workload (kill 0, kill 1, isolate 0)",
         acked=len(ledger.acked),
         lost=audits[0].lost,
-        unacknowledged_calls=len(ledger.failed),
+        outcome_unknown_calls=len(ledger.failed),
+        not_committed_calls=len(ledger.refused),
         stored=audits[0].stored,
         rounds=rounds,
         errors=dict(Counter(error.split(": ", 1)[-1][:90] for error in ledger.errors)),
