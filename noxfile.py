@@ -8,7 +8,9 @@ MOFA_TEST_POSTGRES_URL / MOFA_TEST_MYSQL_URL. With CI=true an unreachable server
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import nox
@@ -120,9 +122,10 @@ def scaleout(session: nox.Session) -> None:
     """
     _install(session, "test")
     session.install("pip")  # the wheel tests build with `python -m pip wheel`
-    root = Path(session.create_tmp()).resolve() / "galera"
+    # Outside the checkout (session.create_tmp() would be inside it, and would also point
+    # TMPDIR there, which the wheel tests refuse: they install outside the repository).
+    root = Path(tempfile.mkdtemp(prefix="mofa-galera-")) / "cluster"
     script = "scripts/galera-cluster"
-    session.run("python", script, "destroy", "--dir", str(root))  # leftovers of a killed run
     session.run("python", script, "start", "--dir", str(root))
     try:
         session.run("python", script, "check", "--dir", str(root))
@@ -145,6 +148,7 @@ def scaleout(session: nox.Session) -> None:
         )
     finally:
         session.run("python", script, "destroy", "--dir", str(root))
+        shutil.rmtree(root.parent, ignore_errors=True)
 
 
 @nox.session
