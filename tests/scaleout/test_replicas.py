@@ -14,7 +14,7 @@ import json
 import statistics
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from figures import record
 
@@ -23,8 +23,12 @@ from mofa_persist import backend as backend_module
 from mofa_persist.transfer import Selection, export_jsonl
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     import pytest
     from pg_replica import PrimaryWithReplica
+
+T = TypeVar("T")
 
 
 def wait_replayed(pair: PrimaryWithReplica, timeout: float = 30) -> None:
@@ -130,17 +134,23 @@ async def test_replica_lag_observed(replica_pair: PrimaryWithReplica, replicated
 async def _reads_and_writes(store: mofa_persist.Store, seconds: float) -> tuple[int, float]:
     """Writes then reads in a loop for ``seconds``; returns (calls made, slowest call in s)."""
     calls, slowest = 0, 0.0
+
+    async def timed(call: Awaitable[T]) -> T:
+        nonlocal calls, slowest
+        started = time.monotonic()
+        result = await call
+        calls += 1
+        slowest = max(slowest, time.monotonic() - started)
+        return result
+
     stop = time.monotonic() + seconds
     while time.monotonic() < stop:
-        started = time.monotonic()
-        session = await store.create_session(title="under load")
-        await store.append_message(session.id, "user", "hello")
-        page = await store.list_sessions(limit=5)
-        usage = await store.usage()
-        assert (await store.get_messages(session.id))[0].content == "hello"
+        session = await timed(store.create_session(title="under load"))
+        await timed(store.append_message(session.id, "user", "hello"))
+        page = await timed(store.list_sessions(limit=5))
+        usage = await timed(store.usage())
+        assert (await timed(store.get_messages(session.id)))[0].content == "hello"
         assert page.items and usage.calls == 0
-        calls += 5
-        slowest = max(slowest, (time.monotonic() - started) / 5)
     return calls, slowest
 
 
