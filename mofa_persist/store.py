@@ -28,7 +28,8 @@ from sqlalchemy import and_, delete, exists, func, insert, select, update
 
 from . import migrate as migrations
 from . import runner, sql, writes
-from .backend import Replica, ReplicaStatus, scope_filter, scope_params, scope_shape, session_filter
+from .backend import Replica, scope_filter, scope_params, scope_shape, session_filter
+from .backend import ReplicaStatus as ReplicaStatus
 from .backend import Scope as Scope
 from .backend import _Backend as _Backend
 from .convert import _loads, _NewMessage, _now, _session_record, _state_record
