@@ -120,6 +120,7 @@ async def test_no_node_answering_is_a_backend_error_naming_each(server_url: str)
         await mofa_persist.connect(cluster, connect_timeout=2)
     text = str(raised.value)
     assert all(str(port) in text for port in ports), text
+    assert not raised.value.outcome_unknown  # nothing was written
 
 
 # ---------------------------------------------------------------- read replicas
@@ -144,6 +145,10 @@ async def test_stale_tolerant_reads_go_to_the_replica(server_url: str) -> None:
         await tenant.on_primary().list_sessions()
         assert store.read_replicas[0].reads == 2
         assert tenant.stale_reads and not tenant.on_primary().stale_reads
+        pinned = store.on_primary().scoped(tenant_id="018f2e2c-0000-7000-8000-000000000001")
+        assert not pinned.stale_reads  # a scoped view keeps the primary-only choice
+        assert [s.id for s in (await pinned.list_sessions()).items] == [session.id]
+        assert store.read_replicas[0].reads == 2
 
 
 async def test_a_dead_replica_is_skipped_and_the_primary_answers(server_url: str) -> None:
