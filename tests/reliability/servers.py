@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from processes import signal_tree  # tests/processes.py
+
 PG_BIN = Path(os.environ.get("MOFA_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 MARIADBD = os.environ.get("MOFA_TEST_MARIADBD", "/usr/sbin/mariadbd")
 MARIADB_INSTALL_DB = os.environ.get("MOFA_TEST_MARIADB_INSTALL_DB", "mariadb-install-db")
@@ -140,12 +142,11 @@ class PrivatePostgres:
         """``fast``: SIGINT (clean shutdown); ``immediate``: SIGQUIT; ``kill``: SIGKILL."""
         if self.process is None:
             return
-        sig = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT, "kill": signal.SIGKILL}[mode]
         if mode == "kill":
-            # The postmaster's children would keep the port; take the whole group down.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
+            # Every server process, not just the postmaster (see tests/processes.py).
+            signal_tree(self.process.pid, signal.SIGKILL)
         else:
+            sig = signal.SIGINT if mode == "fast" else signal.SIGQUIT
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(sig)
         try:
@@ -156,6 +157,15 @@ class PrivatePostgres:
         self.process = None
         if mode == "kill":
             (self.data / "postmaster.pid").unlink(missing_ok=True)
+
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and every backend: TCP stays open, nothing answers."""
+        assert self.process is not None
+        signal_tree(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        signal_tree(self.process.pid, signal.SIGCONT)
 
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
@@ -236,6 +246,15 @@ class PrivateMariaDB:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
+
+    def freeze(self) -> None:
+        """SIGSTOP the server (one process): TCP stays open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def destroy(self) -> None:
         if self.process is not None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -144,13 +142,11 @@ async def _outage_calls(store: mofa_persist.Store, sid: uuid.UUID) -> int:
 @contextlib.contextmanager
 def _frozen(server: PrivatePostgres | PrivateMariaDB) -> Any:
     """SIGSTOP the server: TCP stays open but nothing answers (a hung host)."""
-    assert server.process is not None
-    pid = server.process.pid
-    os.killpg(pid, signal.SIGSTOP)
+    server.freeze()
     try:
         yield
     finally:
-        os.killpg(pid, signal.SIGCONT)
+        server.thaw()
 
 
 async def _restart_cycles(

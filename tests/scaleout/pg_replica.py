@@ -7,7 +7,8 @@ restarted and frozen. ``destroy()`` always kills both and deletes both folders; 
 also a context manager (``with PrimaryWithReplica() as pair:`` starts it and destroys it).
 
 PostgreSQL refuses to run as root, so when we are root the server binaries run as the
-``postgres`` user. Stdlib only, so it imports without the package under test.
+``postgres`` user. Stdlib only (and tests/processes.py), so it imports without the package
+under test.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypedDict
+
+from processes import signal_tree  # tests/processes.py
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -203,66 +206,10 @@ class Node:
             time.sleep(0.05)
         self.starts += 1
 
-    def _children(self) -> list[int]:
-        """The postmaster's live child processes, found through /proc.
-
-        Every PostgreSQL server process is a direct child of the postmaster, but each calls
-        setsid(), so none is in the postmaster's process group and killpg() would miss them.
-        """
-        if self.process is None:
-            return []
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if len(fields) > 1 and fields[0] != "Z" and int(fields[1]) == self.process.pid:
-                found.append(int(entry.name))
-        return found
-
-    def _wait_stopped(self, pids: list[int], timeout: float = 5) -> None:
-        """SIGSTOP takes effect asynchronously: wait until every process shows state T."""
-        deadline = time.monotonic() + timeout
-        for pid in pids:
-            while time.monotonic() < deadline:
-                try:
-                    stat = Path(f"/proc/{pid}/stat").read_text()
-                except OSError:
-                    break  # gone
-                if stat[stat.rfind(")") + 2 :].split()[0] in ("T", "t", "Z", "X"):
-                    break
-                time.sleep(0.005)
-
-    def _signal(self, pids: list[int], sig: signal.Signals) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
     def signal_all(self, sig: signal.Signals) -> None:
-        """Send SIGSTOP, SIGCONT or SIGKILL to the postmaster and every child it has.
-
-        The postmaster is stopped first so that it forks nothing we would miss; for SIGKILL
-        the children go before the postmaster, whose death would hide who they belong to.
-        """
-        if self.process is None:
-            return
-        postmaster = self.process.pid
-        if sig == signal.SIGCONT:
-            self._signal([*self._children(), postmaster], sig)
-            return
-        self._signal([postmaster], signal.SIGSTOP)
-        self._wait_stopped([postmaster])
-        children = self._children()
-        self._signal(children, sig)
-        if sig == signal.SIGSTOP:
-            self._wait_stopped(children)
-        else:
-            self._signal([postmaster], sig)
+        """Send SIGSTOP, SIGCONT or SIGKILL to the postmaster and every child it has."""
+        if self.process is not None:
+            signal_tree(self.process.pid, sig)
 
     def stop(self, mode: StopMode = "fast", timeout: float = 60) -> None:
         """``fast``: SIGINT (clean); ``immediate``: SIGQUIT (crash-like); ``kill``: SIGKILL all."""
