@@ -63,9 +63,7 @@ def cluster_db(galera: GaleraCluster) -> Iterator[str]:
         drop_cluster_database(galera, name)
 
 
-@pytest.fixture(scope="session")
-def replica_pair() -> Iterator[PrimaryWithReplica]:
-    """A private PostgreSQL primary with one streaming hot standby."""
+def _started_pair() -> Iterator[PrimaryWithReplica]:
     try:
         pair = PrimaryWithReplica()
     except (ServerUnavailable, OSError) as error:
@@ -78,6 +76,18 @@ def replica_pair() -> Iterator[PrimaryWithReplica]:
         unavailable("private PostgreSQL primary + replica", error)
     finally:
         pair.destroy()
+
+
+@pytest.fixture(scope="session")
+def replica_pair() -> Iterator[PrimaryWithReplica]:
+    """A private PostgreSQL primary with one streaming hot standby, shared by the suite."""
+    yield from _started_pair()
+
+
+@pytest.fixture
+def doomed_pair() -> Iterator[PrimaryWithReplica]:
+    """A primary + standby of this test's own, for a test that kills the primary."""
+    yield from _started_pair()
 
 
 @pytest.fixture

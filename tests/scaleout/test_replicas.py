@@ -40,6 +40,16 @@ def wait_replayed(pair: PrimaryWithReplica, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
+def make_synchronous(pair: PrimaryWithReplica, timeout: float = 30) -> None:
+    """Commits on the primary wait until the standby has them: acknowledged means on both."""
+    pair.psql_primary("ALTER SYSTEM SET synchronous_standby_names = '*'")
+    pair.psql_primary("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + timeout
+    while pair.psql_primary("SELECT sync_state FROM pg_stat_replication") != "sync":
+        assert time.monotonic() < deadline, "the standby never became synchronous"
+        time.sleep(0.05)
+
+
 def exported_sessions(text: str) -> set[str]:
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     return {line["id"] for line in lines if line.get("type") == "session"}
@@ -215,3 +225,73 @@ async def test_a_standby_in_a_node_list_is_skipped_for_writes(
         session = await store.create_session(title=f"written on the primary {uuid.uuid4()}")
         await store.append_message(session.id, "user", "hi")
         assert (await store.get_messages(session.id))[0].content == "hi"
+
+
+async def test_promoting_a_synchronous_standby_loses_no_acknowledged_write(
+    doomed_pair: PrimaryWithReplica,
+) -> None:
+    """PostgreSQL failover: with synchronous replication, SIGKILL the primary mid-workload and
+    promote the standby. A store given both URLs skips the standby while it is read-only,
+    then writes to it once promoted; every acknowledged append is on it."""
+    pair = doomed_pair
+    make_synchronous(pair)
+    database = f"mofa_failover_{uuid.uuid4().hex[:8]}"
+    pair.create_database(database)
+    pair.wait_replica_has_database(database)
+    urls = [pair.primary_url(database), pair.replica_url(database)]
+    acked: set[str] = set()
+    unknown: set[str] = set()
+    not_committed: set[str] = set()
+    acked_at: list[float] = []
+
+    stop = asyncio.Event()
+
+    async def writer(store: mofa_persist.Store, sid: uuid.UUID, tag: str) -> None:
+        index = 0
+        while not stop.is_set():
+            index += 1
+            content = f"{tag}-{index}"
+            try:
+                await store.append_message(sid, "user", content)
+            except mofa_persist.BackendError as error:
+                (unknown if error.outcome_unknown else not_committed).add(content)
+                await asyncio.sleep(0.05)
+            else:
+                acked.add(content)
+                acked_at.append(time.monotonic())
+
+    async with await mofa_persist.connect(urls, connect_timeout=3) as store:
+        session = await store.create_session(title="failover")
+        writers = asyncio.gather(*(writer(store, session.id, f"w{n}") for n in range(4)))
+        await asyncio.sleep(1.5)
+        kill_started = time.monotonic()
+        await asyncio.to_thread(pair.primary.stop, "kill")
+        killed_at = time.monotonic()  # every primary process is gone
+        await asyncio.to_thread(pair.psql_replica, "SELECT pg_promote()")
+        promoted_at = time.monotonic()
+        await asyncio.sleep(2.0)  # writing to the promoted standby
+        stop.set()
+        await writers
+    async with await mofa_persist.connect(pair.replica_url(database), migrate=False) as promoted:
+        rows = await promoted.get_messages(session.id)
+    stored = [m.content for m in rows]
+    assert [m.seq for m in rows] == list(range(1, len(rows) + 1))
+    assert len(stored) == len(set(stored))
+    assert acked <= set(stored), f"{len(acked - set(stored))} acknowledged appends lost"
+    assert not (not_committed & set(stored)), "a call that said 'not committed' was stored"
+    assert set(stored) <= acked | unknown
+    # Acknowledged after the promotion returned: written to the promoted standby.
+    after_promotion = [at - promoted_at for at in acked_at if at > promoted_at]
+    assert after_promotion, "no write succeeded after the failover"
+    record(
+        "PostgreSQL failover: primary SIGKILLed, synchronous standby promoted",
+        acked=len(acked),
+        lost=len(acked - set(stored)),
+        stored=len(stored),
+        outcome_unknown_calls=len(unknown),
+        not_committed_calls=len(not_committed),
+        kill_s=round(killed_at - kill_started, 2),
+        promotion_s=round(promoted_at - killed_at, 2),
+        first_ack_after_promotion_s=round(after_promotion[0], 3),
+        acked_after_promotion=len(after_promotion),
+    )
