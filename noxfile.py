@@ -40,6 +40,18 @@ def _install(session: nox.Session, *groups: str) -> None:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 
 
+def _conformance(session: nox.Session, *args: str, **env: str) -> None:
+    """The conformance suite (tests/ without its reliability and scale-out sub-suites)."""
+    session.run(
+        "pytest",
+        "tests",
+        "--ignore=tests/reliability",
+        "--ignore=tests/scaleout",
+        *args,
+        env=_env(**env),
+    )
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
     env["DATABASE_URL"] = ""  # tests choose their own databases
@@ -52,16 +64,7 @@ def _env(**extra: str) -> dict[str, str]:
 def tests(session: nox.Session, dialect: str) -> None:
     """Run the conformance suite on one backend (memory, sqlite, postgresql, mysql)."""
     _install(session, "test")
-    session.run(
-        "pytest",
-        "tests",
-        "--ignore=tests/reliability",
-        "--ignore=tests/scaleout",
-        "-m",
-        "not migrations",
-        *session.posargs,
-        env=_env(MOFA_TEST_BACKENDS=dialect),
-    )
+    _conformance(session, "-m", "not migrations", *session.posargs, MOFA_TEST_BACKENDS=dialect)
 
 
 @nox.session
@@ -70,15 +73,8 @@ def migrations(session: nox.Session) -> None:
     _install(session, "test")
     # The wheel tests build with `python -m pip wheel`; uv-made environments have no pip.
     session.install("pip")
-    session.run(
-        "pytest",
-        "tests",
-        "--ignore=tests/reliability",
-        "--ignore=tests/scaleout",
-        "-m",
-        "migrations",
-        *session.posargs,
-        env=_env(MOFA_TEST_BACKENDS="sqlite,postgresql,mysql"),
+    _conformance(
+        session, "-m", "migrations", *session.posargs, MOFA_TEST_BACKENDS="sqlite,postgresql,mysql"
     )
 
 
@@ -133,13 +129,8 @@ def scaleout(session: nox.Session) -> None:
         from galera import GaleraCluster
 
         node = GaleraCluster.load(root).admin_url(0)
-        session.run(  # migrations included: the Galera lease lock, drift, the wheel
-            "pytest",
-            "tests",
-            "--ignore=tests/reliability",
-            "--ignore=tests/scaleout",
-            env=_env(MOFA_TEST_BACKENDS="mysql", MOFA_TEST_MYSQL_URL=node),
-        )
+        # Migrations included: the Galera lease lock, drift, the wheel.
+        _conformance(session, MOFA_TEST_BACKENDS="mysql", MOFA_TEST_MYSQL_URL=node)
         session.run(
             "pytest",
             "tests/scaleout",

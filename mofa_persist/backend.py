@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import sql
+from .engine import mark_connections_suspect
 from .models import sessions_table
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ class Replica:
     down_until: float = 0.0
     reads: int = 0
     failures: int = 0
+
+    def is_up(self, now: float) -> bool:
+        return self.down_until <= now
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +107,17 @@ class _Backend:
         for offset in range(count):
             index = (self._next_replica + offset) % count
             replica = self.replicas[index]
-            if replica.down_until <= now:
+            if replica.is_up(now):
                 self._next_replica = (index + 1) % count
                 replica.reads += 1
                 return replica
         return None
 
     def replica_failed(self, replica: Replica) -> None:
+        """Skip ``replica`` for a while; its pooled connections are pinged before reuse."""
         replica.failures += 1
         replica.down_until = time.monotonic() + REPLICA_RETRY_AFTER_S
+        mark_connections_suspect(replica.engine)
 
     async def dispose(self) -> None:
         for replica in self.replicas:

@@ -19,7 +19,7 @@ from .validate import decode_document, serialize_for_engine
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
-    from sqlalchemy.engine import Connection, Dialect, Engine
+    from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
     from .urls import DatabaseUrl
@@ -93,18 +93,13 @@ def create_engine(
             pool_timeout=connect_timeout,
         )
     if url.is_cluster:
-        dialect_holder: list[Dialect] = []
-        options["async_creator"] = _first_ready_node(
-            url, options.pop("connect_args"), dialect_holder
-        )
+        options["async_creator"] = _first_ready_node(url, options.pop("connect_args"))
     if url.kind != "postgresql":
         # Returning a connection normally sends ROLLBACK (a round trip on MySQL, a thread hop
         # on aiosqlite) even after a COMMIT; _reset_if_needed rolls back only what is open.
         # asyncpg's adapter already skips the rollback when no transaction is open.
         options["pool_reset_on_return"] = None
     engine = create_async_engine(url.sa_url, **options)
-    if url.is_cluster:
-        dialect_holder.append(engine.dialect)
     if url.kind in ("postgresql", "mysql") and not use_null_pool:
         _ping_idle_connections(engine)
     if url.kind != "postgresql":
@@ -140,21 +135,21 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
 
 
 def _first_ready_node(
-    url: DatabaseUrl, connect_args: dict[str, Any], dialect_holder: list[Dialect]
+    url: DatabaseUrl, connect_args: dict[str, Any]
 ) -> Callable[[], Awaitable[Any]]:
     """A driver-level connect that tries each node in order and returns the first ready one.
 
     Nodes are tried in the order given, so one node takes the writes while it is up (on
     Galera that keeps certification conflicts rare); the next is used only when it is not.
     """
+    # The driver's keyword arguments per node, as the dialect would pass them itself.
+    dialect = url.sa_url.get_dialect()()
+    nodes = [(node, {**dialect.create_connect_args(node)[1], **connect_args}) for node in url.nodes]
 
     async def connect() -> Any:
-        dialect = dialect_holder[0]
         failures: list[str] = []
         last: BaseException | None = None
-        for node in url.nodes:
-            _, params = dialect.create_connect_args(node)
-            params.update(connect_args)
+        for node, params in nodes:
             try:
                 if url.kind == "postgresql":
                     return await _connect_postgres_node(params)

@@ -150,13 +150,14 @@ async def run(
             raise
         except DRIVER_ERRORS as error:
             failure = classify(error)
-            if failure is Failure.CONNECTION or bound.expired():
-                mark_connections_suspect(engine)
+            lost = failure is Failure.CONNECTION or bound.expired()
             if replica is not None:
-                if failure is Failure.CONNECTION or bound.expired():
+                if lost:
                     backend.replica_failed(replica)
                 replica, attempt = None, attempt - 1  # the primary's turn, a fresh count
                 continue
+            if lost:
+                mark_connections_suspect(backend.engine)
             if bound.expired():
                 raise _timed_out(
                     backend, action, committing=write and progress.committing

@@ -314,9 +314,7 @@ class Store:
         """Each read replica: its URL (password masked), whether it is in use, and counts."""
         now = time.monotonic()
         return tuple(
-            ReplicaStatus(
-                replica.url.display, replica.down_until <= now, replica.reads, replica.failures
-            )
+            ReplicaStatus(replica.url.display, replica.is_up(now), replica.reads, replica.failures)
             for replica in self._backend.replicas
         )
 

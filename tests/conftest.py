@@ -81,18 +81,19 @@ def _unreachable(backend: str, error: BaseException) -> None:
     unavailable(f"{backend} server", f"unreachable ({type(error).__name__}: {error})")
 
 
-async def _admin(backend: str, statements: list[str]) -> None:
-    """Run statements on the server's admin database with the raw driver (autocommit)."""
-    if backend == "postgresql":
+async def admin(url: str, statements: list[str]) -> None:
+    """Run statements on the server of ``url`` with the raw driver, in autocommit."""
+    parsed = parse_url(url)
+    url_parts = parsed.sa_url
+    if parsed.kind == "postgresql":
         import asyncpg
 
-        url = parse_url(POSTGRES_ADMIN_URL).sa_url
         conn = await asyncpg.connect(
-            host=url.host,
-            port=url.port or 5432,
-            user=url.username,
-            password=url.password,
-            database=url.database,
+            host=url_parts.host,
+            port=url_parts.port or 5432,
+            user=url_parts.username,
+            password=url_parts.password,
+            database=url_parts.database,
             timeout=10,
         )
         try:
@@ -103,13 +104,12 @@ async def _admin(backend: str, statements: list[str]) -> None:
     else:
         import aiomysql
 
-        url = parse_url(MYSQL_ADMIN_URL).sa_url
         conn = await aiomysql.connect(
-            host=url.host or "127.0.0.1",
-            port=url.port or 3306,
-            user=url.username or "root",
-            password=url.password or "",
-            db=url.database,
+            host=url_parts.host or "127.0.0.1",
+            port=url_parts.port or 3306,
+            user=url_parts.username or "root",
+            password=url_parts.password or "",
+            db=url_parts.database,
             connect_timeout=10,
             autocommit=True,
         )
@@ -119,6 +119,10 @@ async def _admin(backend: str, statements: list[str]) -> None:
                     await cursor.execute(statement)
         finally:
             conn.close()
+
+
+def _admin_url(backend: str) -> str:
+    return POSTGRES_ADMIN_URL if backend == "postgresql" else MYSQL_ADMIN_URL
 
 
 def build_wheel(folder: Path) -> Path:
@@ -135,8 +139,8 @@ def build_wheel(folder: Path) -> Path:
 
 
 def url_on_server(backend: str, database: str) -> str:
-    admin = POSTGRES_ADMIN_URL if backend == "postgresql" else MYSQL_ADMIN_URL
-    return parse_url(admin).sa_url.set(database=database).render_as_string(hide_password=False)
+    sa_url = parse_url(_admin_url(backend)).sa_url.set(database=database)
+    return sa_url.render_as_string(hide_password=False)
 
 
 def create_database(backend: str) -> str:
@@ -147,7 +151,7 @@ def create_database(backend: str) -> str:
     else:
         statements = [f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"]
     try:
-        asyncio.run(_admin(backend, statements))
+        asyncio.run(admin(_admin_url(backend), statements))
     except Exception as error:  # any failure to reach the server decides skip/fail
         _unreachable(backend, error)
     return url_on_server(backend, name)
@@ -159,7 +163,7 @@ def drop_database(backend: str, url: str) -> None:
         statements = [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']
     else:
         statements = [f"DROP DATABASE IF EXISTS `{name}`"]
-    asyncio.run(_admin(backend, statements))
+    asyncio.run(admin(_admin_url(backend), statements))
 
 
 @pytest.fixture(scope="session")

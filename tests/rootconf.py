@@ -22,6 +22,7 @@ if _NAME not in sys.modules:
 root = sys.modules[_NAME]
 
 IN_CI: bool = root.IN_CI
+admin = root.admin
 create_database = root.create_database
 drop_database = root.drop_database
 selected_backends = root.selected_backends

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from ..engine import SQLITE_READ_ONLY, mark_connections_suspect
+from ..engine import SQLITE_READ_ONLY
 from ..errors import PersistenceError
 from ..translate import DRIVER_ERRORS, Failure, classify, to_backend_error
 from .common import CHILDREN, DEFAULT_BATCH, Counts, Kind, canonical_line, s_t
@@ -65,7 +65,6 @@ async def _read_connection(store: Store, stale_ok: bool) -> AsyncConnection:
         except DRIVER_ERRORS:
             # The replica is down or hung: skip it for a while; the primary answers.
             backend.replica_failed(replica)
-            mark_connections_suspect(replica.engine)
     return await store.engine.connect().start()
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import tally
 from common import message_rows
+from rootconf import admin
 from sqlalchemy import update
 
 import mofa_persist
@@ -31,37 +32,6 @@ CALL_TIMEOUT = 3.0
 #: "No hang": a failing call must be over within its bound plus this much (a connection retry,
 #: backoff, a loaded 2-core machine).
 SLACK = CONNECT_TIMEOUT + 3.0
-
-
-async def _admin(server: PrivatePostgres | PrivateMariaDB, statements: list[str]) -> None:
-    if server.kind == "postgresql":
-        import asyncpg
-
-        conn = await asyncpg.connect(
-            host="127.0.0.1", port=server.port, user="postgres", database="postgres", timeout=10
-        )
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-    else:
-        import aiomysql
-
-        conn = await aiomysql.connect(
-            host="127.0.0.1",
-            port=server.port,
-            user="root",
-            password="",
-            connect_timeout=10,
-            autocommit=True,
-        )
-        try:
-            async with conn.cursor() as cursor:
-                for statement in statements:
-                    await cursor.execute(statement)
-        finally:
-            conn.close()
 
 
 async def _connect(url: str) -> mofa_persist.Store:
@@ -152,7 +122,7 @@ def _frozen(server: PrivatePostgres | PrivateMariaDB) -> Any:
 async def _restart_cycles(
     server: PrivatePostgres | PrivateMariaDB, cycles: int, check: str
 ) -> None:
-    await _admin(server, ["CREATE DATABASE mofa_restart"])
+    await admin(server.admin_url, ["CREATE DATABASE mofa_restart"])
     url = server.url("mofa_restart")
     modes = ["fast", "immediate", "kill"]
     store = await _connect(url)
@@ -215,7 +185,7 @@ async def test_calls_to_a_hung_server_fail_within_the_timeout(
     """A server that keeps its sockets open but stops answering (SIGSTOP): a call already
     waiting on it, and new calls, raise BackendError in bounded time; after SIGCONT the same
     store works again and the interrupted call left nothing half-written."""
-    await _admin(private, ["CREATE DATABASE mofa_hang"])
+    await admin(private.admin_url, ["CREATE DATABASE mofa_hang"])
     store = await _connect(private.url("mofa_hang"))
     try:
         session = await store.create_session()

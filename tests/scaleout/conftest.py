@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import figures
 import pytest
-from databases import create_cluster_database, drop_cluster_database
 from rootconf import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
+from databases import create_cluster_database, drop_cluster_database  # noqa: E402
 from galera import ClusterError, GaleraCluster  # noqa: E402 - scripts/ is not a package
 from pg_replica import PrimaryWithReplica, ServerUnavailable  # noqa: E402
 
