@@ -122,19 +122,22 @@ def to_backend_error(
 ) -> PersistenceError:
     """Wrap ``error`` as a :class:`BackendError` naming where the store points.
 
-    ``committing``: the failure came while a write may have been committing; a lost
-    connection then leaves its outcome unknown, and the error says so.
+    ``committing``: the failure came while a write may have been committing. Only the
+    failures known to roll back (lock races, key violations) leave nothing behind; after a
+    lost connection or any other error at that point the outcome is unknown (on Galera, a
+    node cut off during COMMIT answers 1180 after its write set may have reached the
+    others), and the error says so.
     """
     if isinstance(error, PersistenceError):
         return error
     where = url.display if url.kind in ("sqlite", "memory") else f"{url.host}/{url.database}"
     kind = classify(error)
-    unknown = committing and kind is Failure.CONNECTION
+    unknown = committing and kind in (Failure.CONNECTION, Failure.OTHER)
+    outcome = ", which may or may not have been committed" if unknown else ""
     if kind is Failure.CONNECTION:
-        message = f"cannot reach the {url.kind} database at {where} ({action}"
-        message += ", which may or may not have been committed): " if unknown else "): "
+        message = f"cannot reach the {url.kind} database at {where} ({action}{outcome}): "
     else:
-        message = f"{url.kind} database at {where} failed to {action}: "
+        message = f"{url.kind} database at {where} failed to {action}{outcome}: "
     return BackendError(
         message + describe(error, url),
         host=url.host,
