@@ -28,6 +28,7 @@ from .translate import Failure, classify
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from sqlalchemy import TextClause
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -121,46 +122,87 @@ def _run_under_lease(connection: Connection, body: Callable[[Connection], None])
     deadlock, so exactly one process holds it. It expires if the holder dies.
     """
     me = uuid.uuid4().hex
-    connection.execute(
-        text(
-            f"CREATE TABLE IF NOT EXISTS {LOCK_TABLE} (name VARCHAR(64) NOT NULL PRIMARY KEY, "
-            "holder VARCHAR(32) NULL, expires_at DATETIME(6) NULL) ENGINE=InnoDB"
-        )
-    )
+    deadline = time.monotonic() + _LOCK_TIMEOUT_S
+    _create_lease(connection, deadline)
     take = text(
         f"UPDATE {LOCK_TABLE} SET holder = :me, "
         f"expires_at = NOW(6) + INTERVAL {_LEASE_S} SECOND "
         "WHERE name = 'migrate' AND (holder IS NULL OR expires_at < NOW(6))"
     )
-    deadline = time.monotonic() + _LOCK_TIMEOUT_S
-    while True:
-        try:
-            connection.execute(text(f"INSERT IGNORE INTO {LOCK_TABLE} (name) VALUES ('migrate')"))
-            taken = connection.execute(take, {"me": me}).rowcount == 1
-            connection.commit()
-        except exc.DBAPIError as error:
-            if classify(error) is not Failure.RETRYABLE:
-                raise
-            connection.rollback()  # another node's commit won the certification
-            taken = False
-        if taken:
-            break
+    while _commit_one(connection, take, {"me": me}) != 1:
         if time.monotonic() > deadline:
             raise BackendError(
                 "timed out waiting for another process's migration to finish (if that process "
                 f"died, its lease in table {LOCK_TABLE} expires {_LEASE_S}s after it began)"
             )
-        time.sleep(0.1 + 0.2 * random.random())
+        _pause()
     try:
         body(connection)
         connection.commit()
     finally:
         connection.rollback()
-        connection.execute(
-            text(f"UPDATE {LOCK_TABLE} SET holder = NULL, expires_at = NULL WHERE holder = :me"),
-            {"me": me},
+        # Retried like the take: a release lost to a deadlock would leave every other
+        # process waiting for the lease to expire.
+        release = text(
+            f"UPDATE {LOCK_TABLE} SET holder = NULL, expires_at = NULL WHERE holder = :me"
         )
+        _commit_until_done(connection, release, {"me": me}, time.monotonic() + _LOCK_TIMEOUT_S)
+
+
+def _create_lease(connection: Connection, deadline: float) -> None:
+    """Create the lease table and its one row, if missing.
+
+    Checked first because on Galera every ``CREATE TABLE``, even one that finds the table,
+    is replicated in total order and aborts other nodes' transactions on that table.
+    """
+    exists = connection.execute(
+        text(
+            "SELECT COUNT(*) FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name = :name"
+        ),
+        {"name": LOCK_TABLE},
+    ).scalar()
+    connection.commit()
+    if not exists:
+        connection.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {LOCK_TABLE} (name VARCHAR(64) NOT NULL PRIMARY KEY, "
+                "holder VARCHAR(32) NULL, expires_at DATETIME(6) NULL) ENGINE=InnoDB"
+            )
+        )
+    # Its own transaction: a duplicate-key check leaves a shared lock on the row, which an
+    # UPDATE in the same transaction would have to upgrade (a deadlock with any other
+    # process doing the same).
+    add_row = text(f"INSERT IGNORE INTO {LOCK_TABLE} (name) VALUES ('migrate')")
+    _commit_until_done(connection, add_row, {}, deadline)
+
+
+def _commit_one(connection: Connection, statement: TextClause, params: dict[str, str]) -> int:
+    """Execute and commit one statement; its row count, or -1 if it lost a deadlock."""
+    try:
+        count = connection.execute(statement, params).rowcount
         connection.commit()
+    except exc.DBAPIError as error:
+        if classify(error) is not Failure.RETRYABLE:
+            raise
+        connection.rollback()  # a lock race here, or another node's commit won certification
+        return -1
+    return count
+
+
+def _commit_until_done(
+    connection: Connection, statement: TextClause, params: dict[str, str], deadline: float
+) -> None:
+    while _commit_one(connection, statement, params) < 0:
+        if time.monotonic() > deadline:
+            raise BackendError(
+                f"gave up after {_LOCK_TIMEOUT_S}s of deadlocks on table {LOCK_TABLE}"
+            )
+        _pause()
+
+
+def _pause() -> None:
+    time.sleep(0.1 + 0.2 * random.random())
 
 
 def _upgrade_body(revision: str) -> Callable[[Connection], None]:

@@ -205,6 +205,7 @@ class Store:
 
     async def _open(self, *, migrate: bool, connect_timeout: float) -> None:
         url = self._backend.url
+        action = "connect"
         try:
             if url.kind == "memory":
                 # StaticPool holds the one connection for the engine's life: keep its driver
@@ -219,6 +220,7 @@ class Store:
                         await conn.exec_driver_sql("SELECT 1")
             if not migrate:
                 return
+            action = "migrate its schema"
             if url.kind == "memory":
                 # The database lives in the store's one connection: migrate on it.
                 await migrations.upgrade(self._backend.engine)
@@ -243,7 +245,7 @@ class Store:
                 database=url.database,
             ) from error
         except DRIVER_ERRORS as error:
-            raise to_backend_error(error, url, "connect") from error
+            raise to_backend_error(error, url, action) from error
 
     async def close(self) -> None:
         """Close the store's connections. Views made by :meth:`scoped` share them."""
