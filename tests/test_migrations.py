@@ -145,6 +145,25 @@ async def test_many_processes_connecting_to_a_fresh_database_migrate_once(fresh_
         assert len((await store.list_sessions(limit=100)).items) == 6
 
 
+async def test_a_failed_migration_is_a_backend_error_that_keeps_foreign_data(
+    fresh_url: str,
+) -> None:
+    """A database that already has another application's ``sessions`` table: connecting says
+    the schema could not be migrated, as a typed error, and leaves that table's rows alone."""
+    engine = create_engine(parse_url(fresh_url), use_null_pool=True)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE sessions (name VARCHAR(20))")
+            await conn.exec_driver_sql("INSERT INTO sessions (name) VALUES ('theirs')")
+        with pytest.raises(mofa_persist.BackendError, match="failed to migrate its schema"):
+            await mofa_persist.connect(fresh_url)
+        async with engine.connect() as conn:
+            rows = (await conn.exec_driver_sql("SELECT name FROM sessions")).all()
+        assert [tuple(row) for row in rows] == [("theirs",)]
+    finally:
+        await engine.dispose()
+
+
 @pytest.mark.slow
 def test_installed_wheel_migrates_from_outside_the_repository(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
