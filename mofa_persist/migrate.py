@@ -129,13 +129,11 @@ def _run_under_lease(connection: Connection, body: Callable[[Connection], None])
         f"expires_at = NOW(6) + INTERVAL {_LEASE_S} SECOND "
         "WHERE name = 'migrate' AND (holder IS NULL OR expires_at < NOW(6))"
     )
-    while _commit_one(connection, take, {"me": me}) != 1:
-        if time.monotonic() > deadline:
-            raise BackendError(
-                "timed out waiting for another process's migration to finish (if that process "
-                f"died, its lease in table {LOCK_TABLE} expires {_LEASE_S}s after it began)"
-            )
-        _pause()
+    if not _retry_until(deadline, lambda: _commit_one(connection, take, {"me": me}) == 1):
+        raise BackendError(
+            "timed out waiting for another process's migration to finish (if that process "
+            f"died, its lease in table {LOCK_TABLE} expires {_LEASE_S}s after it began)"
+        )
     try:
         body(connection)
         connection.commit()
@@ -193,16 +191,18 @@ def _commit_one(connection: Connection, statement: TextClause, params: dict[str,
 def _commit_until_done(
     connection: Connection, statement: TextClause, params: dict[str, str], deadline: float
 ) -> None:
-    while _commit_one(connection, statement, params) < 0:
+    if not _retry_until(deadline, lambda: _commit_one(connection, statement, params) >= 0):
+        raise BackendError(f"gave up after {_LOCK_TIMEOUT_S}s of deadlocks on table {LOCK_TABLE}")
+
+
+def _retry_until(deadline: float, attempt: Callable[[], bool]) -> bool:
+    """Call ``attempt`` until it succeeds, pausing a random 0.1-0.3 s between tries; False
+    once ``deadline`` (a ``time.monotonic()`` value) has passed without success."""
+    while not attempt():
         if time.monotonic() > deadline:
-            raise BackendError(
-                f"gave up after {_LOCK_TIMEOUT_S}s of deadlocks on table {LOCK_TABLE}"
-            )
-        _pause()
-
-
-def _pause() -> None:
-    time.sleep(0.1 + 0.2 * random.random())
+            return False
+        time.sleep(0.1 + 0.2 * random.random())
+    return True
 
 
 def _upgrade_body(revision: str) -> Callable[[Connection], None]:
