@@ -26,6 +26,7 @@ from .errors import (
     NotFoundError,
     PersistenceError,
 )
+from .lifecycle import Erasure, RetentionPolicy, RetentionReport
 from .records import AgentState, ApiCall, Message, Page, Session, Turn, Usage
 from .store import (
     UNSET,
@@ -48,6 +49,7 @@ __all__ = [
     "BackendError",
     "ConflictError",
     "EchoProvider",
+    "Erasure",
     "InvalidInputError",
     "LLMAgent",
     "LLMAgentBuilder",
@@ -65,6 +67,8 @@ __all__ = [
     "ProviderRateLimitError",
     "ProviderTimeoutError",
     "ReplicaStatus",
+    "RetentionPolicy",
+    "RetentionReport",
     "Scope",
     "Session",
     "SqliteStore",

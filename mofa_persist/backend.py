@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import uuid
     from collections.abc import AsyncIterator
 
+    from sqlalchemy import Table
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.sql.elements import ColumnElement
 
@@ -53,12 +54,43 @@ class ReplicaStatus:
     failures: int
 
 
+#: The owner columns a view can be restricted by, from the widest to the narrowest.
+OWNER_COLUMNS: tuple[str, ...] = ("tenant_id", "user_id", "agent_id")
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The tenant (and user) a scoped store is restricted to; ``None`` means unrestricted."""
+    """The tenant, user and agent a view is restricted to; ``None`` means unrestricted.
+
+    A session belongs to a view when every set field equals the session's own column.
+    """
 
     tenant_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
+    agent_id: uuid.UUID | None = None
+
+    def owners(self) -> list[tuple[str, uuid.UUID]]:
+        """The restricted columns and their values, in :data:`OWNER_COLUMNS` order."""
+        return [
+            (name, value) for name in OWNER_COLUMNS if (value := getattr(self, name)) is not None
+        ]
+
+    @property
+    def restricted(self) -> bool:
+        return self.tenant_id is not None
+
+    def describe(self) -> str:
+        """``tenant_id=..., user_id=...`` for reprs and messages (ids only, no secrets)."""
+        return ", ".join(f"{name}={value}" for name, value in self.owners())
+
+    def covers(self, owner: tuple[uuid.UUID | None, uuid.UUID | None, uuid.UUID | None]) -> bool:
+        """Whether a row owned by (tenant, user, agent) lies inside this view."""
+        return all(
+            mine is None or mine == theirs
+            for mine, theirs in zip(
+                (self.tenant_id, self.user_id, self.agent_id), owner, strict=True
+            )
+        )
 
 
 class _Backend:
@@ -86,6 +118,7 @@ class _Backend:
         # PostgreSQL bumps the counters and inserts the rows in one statement (see writes.pg_write).
         self.one_statement = url.kind == "postgresql"
         self.lane = sql.lane_for(url.kind)
+        self.key: bytes | None = None  # the database's own key (mofa_persist.keys), cached
         self.pinned: Any = None  # memory only: the driver connection of the one connection
         # Turns in driver-level SQL where the bump is one statement: SQLite with RETURNING,
         # MySQL with LAST_INSERT_ID, PostgreSQL with the whole turn in one CTE (writes.pg_write).
@@ -134,24 +167,20 @@ class _Backend:
             yield
 
 
-def scope_shape(scope: Scope) -> tuple[bool, bool]:
-    """Which scope filters apply: (tenant, user); the cache key of scoped SQL."""
-    return scope.tenant_id is not None, scope.user_id is not None
+def scope_shape(scope: Scope) -> tuple[str, ...]:
+    """The columns the scope restricts; the cache key of scoped SQL."""
+    return tuple(name for name, _ in scope.owners())
 
 
 def scope_params(backend: _Backend, scope: Scope) -> list[Any]:
     """Bound values of the scope filters, in :func:`scope_shape` order."""
     lane = backend.lane
-    return [lane.uuid_in(value) for value in (scope.tenant_id, scope.user_id) if value is not None]
+    return [lane.uuid_in(value) for _, value in scope.owners()]
 
 
-def scope_filter(scope: Scope) -> list[ColumnElement[bool]]:
-    filters: list[ColumnElement[bool]] = []
-    if scope.tenant_id is not None:
-        filters.append(s_t.c.tenant_id == scope.tenant_id)
-    if scope.user_id is not None:
-        filters.append(s_t.c.user_id == scope.user_id)
-    return filters
+def scope_filter(scope: Scope, table: Table = s_t) -> list[ColumnElement[bool]]:
+    """The scope as filters on ``table``'s own owner columns (sessions or api_calls)."""
+    return [table.c[name] == value for name, value in scope.owners()]
 
 
 def session_filter(scope: Scope, sid: uuid.UUID) -> list[ColumnElement[bool]]:

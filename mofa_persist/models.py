@@ -128,7 +128,45 @@ class ApiCallRow(Base):
     )
 
 
+class DatabaseKeyRow(Base):
+    """A random secret made once per database: it signs page cursors and keys the hashed ids
+    of the erasure audit, so both hold across processes and restarts. Never exported."""
+
+    __tablename__ = "mofa_keys"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+
+class ErasureRow(Base):
+    """The audit record of one erasure: when, of what kind, a keyed hash of the erased id and
+    the rows removed per table. It holds no personal data and outlives what it erased."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    scope_kind: Mapped[str] = mapped_column(String(10))
+    subject_hash: Mapped[str] = mapped_column(String(64))
+    #: Keyed hash of the tenant the erasure was limited to (or erased), for tenant views.
+    tenant_hash: Mapped[str | None] = mapped_column(String(64))
+    counts: Mapped[dict[str, Any]]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(None, "subject_hash"),
+        Index(None, "tenant_hash", "started_at"),
+        Index(None, "started_at"),
+        MYSQL_TABLE_ARGS,
+    )
+
+
 sessions_table = cast("Table", SessionRow.__table__)
 messages_table = cast("Table", MessageRow.__table__)
 agent_state_table = cast("Table", AgentStateRow.__table__)
 api_calls_table = cast("Table", ApiCallRow.__table__)
+database_keys_table = cast("Table", DatabaseKeyRow.__table__)
+erasures_table = cast("Table", ErasureRow.__table__)

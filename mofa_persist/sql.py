@@ -66,45 +66,41 @@ class _Marks:
         return f"${self.count}" if self.style == "numeric" else self.style
 
 
-def _session_filter(mark: _Marks, tenant: bool, user: bool, extra: str = "") -> str:
+def _session_filter(mark: _Marks, scoped: tuple[str, ...], extra: str = "") -> str:
     conditions = [f"id = {mark()}"]
     if extra:
         conditions.append(f"{extra} = {mark()}")
-    if tenant:
-        conditions.append(f"tenant_id = {mark()}")
-    if user:
-        conditions.append(f"user_id = {mark()}")
+    conditions += [f"{column} = {mark()}" for column in scoped]
     return " WHERE " + " AND ".join(conditions)
 
 
 @functools.cache
-def session_filter_sql(style: str, tenant: bool, user: bool) -> str:
-    """``WHERE`` for one session in scope; parameters: id, [tenant,] [user]."""
-    return _session_filter(_Marks(style), tenant, user)
+def session_filter_sql(style: str, scoped: tuple[str, ...]) -> str:
+    """``WHERE`` for one session in scope; parameters: id, then one per scoped column."""
+    return _session_filter(_Marks(style), scoped)
 
 
 @functools.cache
-def get_session_sql(style: str, tenant: bool, user: bool) -> str:
-    return f"SELECT {SESSION_COLUMNS} FROM sessions" + session_filter_sql(style, tenant, user)
+def get_session_sql(style: str, scoped: tuple[str, ...]) -> str:
+    return f"SELECT {SESSION_COLUMNS} FROM sessions" + session_filter_sql(style, scoped)
 
 
 @functools.cache
-def session_exists_sql(style: str, tenant: bool, user: bool) -> str:
-    return "SELECT state_version FROM sessions" + session_filter_sql(style, tenant, user)
+def session_exists_sql(style: str, scoped: tuple[str, ...]) -> str:
+    return "SELECT state_version FROM sessions" + session_filter_sql(style, scoped)
 
 
 @functools.cache
 def messages_sql(
-    style: str, tenant: bool, user: bool, before: bool, after: bool, newest: bool, limit: bool
+    style: str, scoped: tuple[str, ...], before: bool, after: bool, newest: bool, limit: bool
 ) -> str:
-    """get_messages; parameters: session id, [tenant, user,] [before,] [after,] [limit]."""
+    """get_messages; parameters: session id, [id, scoped columns...,] [before,] [after,]
+    [limit]."""
     mark = _Marks(style)
     conditions = [f"session_id = {mark()}"]
-    if tenant:
+    if scoped:
         # Scoped: the session must be in scope, checked in the same statement.
-        scope = f"s.id = {mark()} AND s.tenant_id = {mark()}"
-        if user:
-            scope += f" AND s.user_id = {mark()}"
+        scope = " AND ".join([f"s.id = {mark()}", *(f"s.{c} = {mark()}" for c in scoped)])
         conditions.append(f"EXISTS (SELECT 1 FROM sessions s WHERE {scope})")
     if before:
         conditions.append(f"seq < {mark()}")
@@ -148,9 +144,9 @@ def insert_state_sql(style: str) -> str:
 
 
 @functools.cache
-def bump_sql(style: str, expected: bool, tenant: bool, user: bool, packed: bool) -> str:
+def bump_sql(style: str, expected: bool, scoped: tuple[str, ...], packed: bool) -> str:
     """Reserve seq numbers and a state version. Parameters: see :func:`bump_params`, then
-    id, [expected version,] [tenant,] [user].
+    id, [expected version,] one per scoped column.
 
     ``packed`` (MySQL/MariaDB, no UPDATE ... RETURNING): LAST_INSERT_ID(expr) hands one
     number back in the OK packet (cursor.lastrowid), which saves a SELECT; both new counters
@@ -170,7 +166,7 @@ def bump_sql(style: str, expected: bool, tenant: bool, user: bool, packed: bool)
             f"updated_at = {mark()}, last_seq = last_seq + {mark()}, "
             f"state_version = state_version + {mark()}"
         )
-    where = _session_filter(mark, tenant, user, "state_version" if expected else "")
+    where = _session_filter(mark, scoped, "state_version" if expected else "")
     returning = "" if packed else " RETURNING last_seq, state_version"
     return f"UPDATE sessions SET {assignments}{where}{returning}"
 

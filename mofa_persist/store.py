@@ -19,21 +19,21 @@ import functools
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, cast
 
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 
+from . import lifecycle, runner, sql, writes
 from . import migrate as migrations
-from . import runner, sql, writes
 from .backend import Replica, scope_filter, scope_params, scope_shape, session_filter
 from .backend import ReplicaStatus as ReplicaStatus
 from .backend import Scope as Scope
 from .backend import _Backend as _Backend
 from .convert import _loads, _NewMessage, _now, _session_record, _state_record
-from .cursor import _decode_cursor, _encode_cursor
+from .cursor import decode_cursor, encode_cursor
 from .engine import create_engine
 from .errors import (
     BackendError,
@@ -43,6 +43,8 @@ from .errors import (
     PersistenceError,
 )
 from .ids import uuid7
+from .keys import database_key
+from .lifecycle import RetentionPolicy, RetentionReport
 from .models import agent_state_table, api_calls_table, messages_table, sessions_table
 from .records import (
     API_CALL_STATUSES,
@@ -265,11 +267,7 @@ class Store:
         await self.close()
 
     def __repr__(self) -> str:
-        scope = ""
-        if self._scope.tenant_id is not None:
-            scope = f", tenant_id={self._scope.tenant_id}"
-            if self._scope.user_id is not None:
-                scope += f", user_id={self._scope.user_id}"
+        scope = f", {self._scope.describe()}" if self._scope.restricted else ""
         return f"{type(self).__name__}({self._backend.url.display!r}{scope})"
 
     @property
@@ -286,22 +284,34 @@ class Store:
     def scope(self) -> Scope:
         return self._scope
 
-    def scoped(self, *, tenant_id: uuid.UUID | str, user_id: uuid.UUID | str | None = None) -> Self:
-        """The same API restricted to one tenant (and user), sharing this store's connections.
+    def scoped(
+        self,
+        *,
+        tenant_id: uuid.UUID | str,
+        user_id: uuid.UUID | str | None = None,
+        agent_id: uuid.UUID | str | None = None,
+    ) -> Self:
+        """The same API restricted to one tenant (and user, and agent), sharing this store's
+        connections.
 
-        A scoped store creates sessions in its scope, lists only them, and answers
-        ``NotFoundError`` for any other session id.
+        A view creates sessions in its scope, lists only them, and answers ``NotFoundError``
+        for any other session id; every operation (usage, export, copy, retention, stats,
+        erasure) covers only its rows. A view can only be narrowed: naming another tenant,
+        user or agent than the one it is restricted to is ``InvalidInputError``.
         """
-        tenant = require_uuid("tenant_id", tenant_id)
-        user = coerce_uuid("user_id", user_id, optional=True)
-        if self._scope.tenant_id is not None and self._scope.tenant_id != tenant:
-            raise InvalidInputError("a scoped store cannot be re-scoped to another tenant")
-        if self._scope.user_id is not None:
-            if user is not None and user != self._scope.user_id:
-                raise InvalidInputError("a store scoped to a user cannot be re-scoped to another")
-            user = self._scope.user_id
+        wanted = {
+            "tenant_id": require_uuid("tenant_id", tenant_id),
+            "user_id": coerce_uuid("user_id", user_id, optional=True),
+            "agent_id": coerce_uuid("agent_id", agent_id, optional=True),
+        }
+        for name, current in self._scope.owners():
+            if wanted[name] is not None and wanted[name] != current:
+                raise InvalidInputError(
+                    f"this view is restricted to {name} {current}; a view can only be narrowed"
+                )
+            wanted[name] = current
         return type(self)(
-            self._backend, Scope(tenant, user), owner=False, stale_reads=self._stale_reads
+            self._backend, Scope(**wanted), owner=False, stale_reads=self._stale_reads
         )
 
     def on_primary(self) -> Self:
@@ -343,7 +353,7 @@ class Store:
         """
         tenant = self._in_scope("tenant_id", coerce_uuid("tenant_id", tenant_id, optional=True))
         user = self._in_scope("user_id", coerce_uuid("user_id", user_id, optional=True))
-        agent = coerce_uuid("agent_id", agent_id, optional=True)
+        agent = self._in_scope("agent_id", coerce_uuid("agent_id", agent_id, optional=True))
         new_id = coerce_uuid("session_id", session_id, optional=True) or uuid7()
         checked_title = check_title(title)
         meta = self._encode("metadata", metadata)
@@ -384,7 +394,7 @@ class Store:
         sid = require_uuid("session_id", session_id)
 
         lane = self._backend.lane
-        text = sql.get_session_sql(lane.style, *self._scope_shape())
+        text = sql.get_session_sql(lane.style, self._scope_shape())
         params = [lane.uuid_in(sid), *self._scope_params()]
 
         async def work(db: Any) -> Session:
@@ -447,20 +457,23 @@ class Store:
         lane = self._backend.lane
         columns: list[str] = []
         params: list[Any] = []
-        for name in ("tenant_id", "user_id"):
-            scoped: uuid.UUID | None = getattr(self._scope, name)
-            if scoped is not None:
-                columns.append(name)
-                params.append(lane.uuid_in(scoped))
+        for name, scoped in self._scope.owners():
+            columns.append(name)
+            params.append(lane.uuid_in(scoped))
+        asked: list[str] = []
         for name, value in (("user_id", user_id), ("tenant_id", tenant_id), ("agent_id", agent_id)):
             checked = coerce_uuid(name, value, optional=True)
             if checked is not None:
                 columns.append(name)
                 params.append(lane.uuid_in(checked))
+                asked.append(f"{name}={checked}")
         page_size = check_limit("limit", limit, optional=False)
         assert page_size is not None
+        # What a cursor is bound to: this view and these filters (see mofa_persist.cursor).
+        binding = f"list_sessions|{self._scope.describe()}|{','.join(asked)}"
+        key = await database_key(self) if cursor is not None or page_size > 0 else b""
         if cursor is not None:
-            after_updated, after_id = _decode_cursor(cursor)
+            after_updated, after_id = decode_cursor(key, binding, cursor)
             stamp = lane.time_in(after_updated)
             params += [stamp, stamp, lane.uuid_in(after_id)]
         if page_size == 0:
@@ -474,7 +487,7 @@ class Store:
             next_cursor = None
             if len(rows) > page_size:
                 last = items[-1]
-                next_cursor = _encode_cursor(last.updated_at, last.id)
+                next_cursor = encode_cursor(key, binding, last.updated_at, last.id)
             return Page(items, next_cursor)
 
         return await self._run(
@@ -537,14 +550,14 @@ class Store:
         newest_first = count is not None and after is None
         text = sql.messages_sql(
             lane.style,
-            *self._scope_shape(),
+            self._scope_shape(),
             before is not None,
             after is not None,
             newest_first,
             count is not None,
         )
         params: list[Any] = [lane.uuid_in(sid)]
-        if self._scope.tenant_id is not None:
+        if self._scope.restricted:
             params += [lane.uuid_in(sid), *self._scope_params()]
         params += [bound for bound in (before, after, count) if bound is not None]
 
@@ -728,7 +741,7 @@ class Store:
                     raise self._not_found(sid)
             tenant = owner.tenant_id if owner is not None else self._scope.tenant_id
             user = owner.user_id if owner is not None else self._scope.user_id
-            agent = owner.agent_id if owner is not None else None
+            agent = owner.agent_id if owner is not None else self._scope.agent_id
             record = ApiCall(
                 id=call_id,
                 session_id=sid,
@@ -775,10 +788,7 @@ class Store:
             checked = coerce_uuid(name, value, optional=True)
             if checked is not None:
                 filters.append(c_t.c[name] == checked)
-        if self._scope.tenant_id is not None:
-            filters.append(c_t.c.tenant_id == self._scope.tenant_id)
-        if self._scope.user_id is not None:
-            filters.append(c_t.c.user_id == self._scope.user_id)
+        filters += scope_filter(self._scope, c_t)
         for bound_name, bound in (("since", since), ("until", until)):
             if bound is not None and (not isinstance(bound, datetime) or bound.tzinfo is None):
                 raise InvalidInputError(f"{bound_name} must be a timezone-aware datetime")
@@ -821,6 +831,54 @@ class Store:
             )
 
         return await self._run(work, write=False, action="read usage", stale_ok=True)
+
+    # ------------------------------------------------------------------ data lifecycle
+
+    async def apply_retention(
+        self,
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool = False,
+        batch_size: int = 1000,
+        on_progress: Callable[[str, int], None] | None = None,
+    ) -> RetentionReport:
+        """Delete what ``policy`` no longer keeps, within this view, in short batches.
+
+        Safe while agents write; a run that is stopped can simply be run again. The newest
+        state of a session is never deleted, and ``seq`` goes on where it was. Returns the
+        rows deleted per table (with ``dry_run``: the rows that would be).
+        """
+        if not isinstance(policy, RetentionPolicy):
+            raise InvalidInputError("policy must be a RetentionPolicy")
+        return await lifecycle.apply_retention(
+            self, policy, dry_run=dry_run, batch_size=batch_size, on_progress=on_progress
+        )
+
+    async def erase_user(
+        self, user_id: uuid.UUID | str, *, batch_size: int = 1000
+    ) -> lifecycle.Erasure:
+        """Delete every row of one user (within this view) from every table the library
+        owns, in short batches, and leave an audit record. Returns that record."""
+        return await lifecycle.erasure.erase(self, "user", user_id, batch_size=batch_size)
+
+    async def erase_tenant(
+        self, tenant_id: uuid.UUID | str, *, batch_size: int = 1000
+    ) -> lifecycle.Erasure:
+        """Delete every row of one tenant from every table the library owns, in short
+        batches, and leave an audit record. Returns that record."""
+        return await lifecycle.erasure.erase(self, "tenant", tenant_id, batch_size=batch_size)
+
+    async def list_erasures(
+        self,
+        *,
+        user_id: uuid.UUID | str | None = None,
+        tenant_id: uuid.UUID | str | None = None,
+        limit: int = 100,
+    ) -> list[lifecycle.Erasure]:
+        """Erasure audit records, newest first (of one user or tenant, if given)."""
+        return await lifecycle.list_erasures(
+            self, user_id=user_id, tenant_id=tenant_id, limit=limit
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -865,8 +923,8 @@ class Store:
         if await writes.lean_session_version(self._backend, self._scope, db, sid) is None:
             raise self._not_found(sid)
 
-    def _scope_shape(self) -> tuple[bool, bool]:
-        """Which scope filters apply: (tenant, user); the cache key of scoped SQL."""
+    def _scope_shape(self) -> tuple[str, ...]:
+        """The columns the scope restricts; the cache key of scoped SQL."""
         return scope_shape(self._scope)
 
     def _scope_params(self) -> list[Any]:
@@ -949,7 +1007,7 @@ class Store:
 
     def _scope_exists(self, sid: uuid.UUID) -> list[ColumnElement[bool]]:
         """For queries on child tables: nothing when unscoped, else an EXISTS on the session."""
-        if self._scope.tenant_id is None:
+        if not self._scope.restricted:
             return []
         return [exists().where(and_(*self._session_filter(sid)))]
 

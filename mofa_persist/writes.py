@@ -190,7 +190,7 @@ def bump_statement(
 ) -> tuple[str, list[Any]]:
     """:func:`bump` in driver-level SQL (SQLite and MySQL): its text and parameters."""
     lane = backend.lane
-    text = sql.bump_sql(lane.style, expected_version is not None, *scope_shape(scope), packed)
+    text = sql.bump_sql(lane.style, expected_version is not None, scope_shape(scope), packed)
     params = sql.bump_params(packed, lane.time_in(now), messages, int(state is not None))
     params.append(lane.uuid_in(sid))
     if expected_version is not None:
@@ -215,7 +215,7 @@ async def lean_session_version(
 ) -> int | None:
     """The session's state_version, ``None`` if it does not exist or is out of scope."""
     lane = backend.lane
-    text = sql.session_exists_sql(lane.style, *scope_shape(scope))
+    text = sql.session_exists_sql(lane.style, scope_shape(scope))
     rows = await lane.fetch(db, text, [lane.uuid_in(sid), *scope_params(backend, scope)])
     return int(rows[0][0]) if rows else None
 
@@ -277,8 +277,7 @@ async def pg_write(
         bool(items),
         state is not None,
         expected_version is not None,
-        scope.tenant_id is not None,
-        scope.user_id is not None,
+        scope_shape(scope),
     )
     params: list[Any] = [sid, now]
     if items:
@@ -293,10 +292,7 @@ async def pg_write(
         params += [state_id, str(state)]
     if expected_version is not None:
         params.append(expected_version)
-    if scope.tenant_id is not None:
-        params.append(scope.tenant_id)
-    if scope.user_id is not None:
-        params.append(scope.user_id)
+    params += [value for _, value in scope.owners()]
     rows = await backend.lane.fetch(db, sql, params)
     if not rows:
         raise await lean_unmatched(backend, scope, db, sid, expected_version)
@@ -319,7 +315,7 @@ async def raise_unmatched(
 
 
 @functools.cache
-def _pg_write_sql(messages: bool, state: bool, expected: bool, tenant: bool, user: bool) -> str:
+def _pg_write_sql(messages: bool, state: bool, expected: bool, scoped: tuple[str, ...]) -> str:
     """The one-statement turn of :func:`pg_write` for one shape of call.
 
     Parameters are numbered in the order pg_write appends them. The messages travel as four
@@ -351,10 +347,7 @@ def _pg_write_sql(messages: bool, state: bool, expected: bool, tenant: bool, use
     conditions = ["id = $1::uuid"]
     if expected:
         conditions.append(f"state_version = ${next(number)}")
-    if tenant:
-        conditions.append(f"tenant_id = ${next(number)}::uuid")
-    if user:
-        conditions.append(f"user_id = ${next(number)}::uuid")
+    conditions += [f"{column} = ${next(number)}::uuid" for column in scoped]
     bumped = (
         f"bumped AS (UPDATE sessions SET {', '.join(assignments)} "
         f"WHERE {' AND '.join(conditions)} RETURNING last_seq, state_version)"

@@ -129,7 +129,7 @@ def test_upgrade_current_history_downgrade(fresh_url: str) -> None:
         "up_to_date": True,
     }
     history = run_json("history", "--url", fresh_url)
-    assert [row["revision"] for row in history] == ["0002", "0001"]
+    assert [row["revision"] for row in history] == ["0003", "0002", "0001"]
     assert history[0]["current"] and history[0]["head"]
     refused = run("downgrade", "0001", "--url", fresh_url, ok=False)
     assert_one_line_error(refused, "pass --yes")

@@ -57,10 +57,14 @@ def test_every_command_from_an_installed_wheel(installed: Path, tmp_path: Path) 
     outside.mkdir()
     assert not str(outside).startswith(str(REPO))
     # The default URL is sqlite://mofa.db in the working directory.
-    assert cli_json(installed, outside, "upgrade")["to"] == "0002"
+    assert cli_json(installed, outside, "upgrade")["to"] == "0003"
     assert (outside / "mofa.db").is_file()
     assert cli_json(installed, outside, "current")["up_to_date"] is True
-    assert [row["revision"] for row in cli_json(installed, outside, "history")] == ["0002", "0001"]
+    assert [row["revision"] for row in cli_json(installed, outside, "history")] == [
+        "0003",
+        "0002",
+        "0001",
+    ]
 
     demo = cli(installed, outside, "demo", "--url", "sqlite://demo.db")
     assert "mofa_persist" not in demo.stderr  # no traceback

@@ -98,7 +98,7 @@ class LLMAgent:
 
     @property
     def store(self) -> Store:
-        """The store view the agent uses, scoped to the plugin's tenant and user."""
+        """The store view the agent uses, scoped to the plugin's tenant, user and agent."""
         return self._plugin.store
 
     @property

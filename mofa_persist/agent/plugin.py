@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 class PersistencePlugin:
     """Binds a store to one tenant, user and agent (and a starting session).
 
-    Every read and write goes through ``store.scoped(tenant_id=..., user_id=...)``, so another
-    tenant's or user's session ids are ``NotFoundError`` here. Ids may be ``uuid.UUID`` or
+    Every read and write goes through ``store.scoped(tenant_id=..., user_id=...,
+    agent_id=...)``: as in MoFA, a session belongs to a user and an agent, so another tenant's,
+    user's or agent's session ids are ``NotFoundError`` here. Ids may be ``uuid.UUID`` or
     strings; a malformed one is ``InvalidInputError``. The plugin does not own the store:
     closing the agent leaves it open for the caller to close.
     """
@@ -43,8 +44,10 @@ class PersistencePlugin:
         self.tenant_id = require_uuid("tenant_id", tenant_id)
         self.agent_id = require_uuid("agent_id", agent_id)
         self.session_id = coerce_uuid("session_id", session_id, optional=True)
-        #: The store view every operation uses: restricted to this tenant and user.
-        self.store: Store = store.scoped(tenant_id=self.tenant_id, user_id=self.user_id)
+        #: The store view every operation uses: restricted to this tenant, user and agent.
+        self.store: Store = store.scoped(
+            tenant_id=self.tenant_id, user_id=self.user_id, agent_id=self.agent_id
+        )
 
     def __repr__(self) -> str:
         return (
@@ -72,7 +75,7 @@ class PersistencePlugin:
         """The session ``session_id``, created first if no one has it yet.
 
         Two processes opening a new id at once both end up with the one session. An id that
-        exists outside this tenant or user is ``NotFoundError``, as if it did not exist.
+        exists outside this tenant, user or agent is ``NotFoundError``, as if it did not exist.
         """
         try:
             return await self.store.get_session(session_id)
@@ -86,5 +89,5 @@ class PersistencePlugin:
 
     async def list_sessions(self, *, limit: int = 100) -> list[Session]:
         """This user's sessions with this agent, most recently active first."""
-        page = await self.store.list_sessions(agent_id=self.agent_id, limit=limit)
+        page = await self.store.list_sessions(limit=limit)
         return page.items

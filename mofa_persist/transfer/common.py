@@ -7,12 +7,14 @@ line is what two of them are compared by.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from ..errors import InvalidInputError
 from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
 from ..validate import encode_document
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from sqlalchemy import ColumnElement, Table
+
+    from ..store import Store
 
 FORMAT_NAME: Final = "mofa-persist"
 FORMAT_VERSION: Final = 1
@@ -94,16 +98,16 @@ class Selection:
         filters: list[ColumnElement[bool]] = []
         if self.session_id is not None:
             filters.append(s_t.c.id == self.session_id)
-        return filters + self._owner_filters(s_t)
+        return filters + self.owner_filters(s_t)
 
     @property
     def includes_unattached_calls(self) -> bool:
         return self.session_id is None
 
     def unattached_call_filters(self) -> list[ColumnElement[bool]]:
-        return [c_t.c.session_id.is_(None), *self._owner_filters(c_t)]
+        return [c_t.c.session_id.is_(None), *self.owner_filters(c_t)]
 
-    def _owner_filters(self, table: Table) -> list[ColumnElement[bool]]:
+    def owner_filters(self, table: Table) -> list[ColumnElement[bool]]:
         """Sessions and provider calls both carry user, tenant and agent columns."""
         return [
             table.c[name] == value
@@ -117,6 +121,25 @@ class Selection:
             for name in ("session_id", "user_id", "tenant_id", "agent_id")
             if (value := getattr(self, name)) is not None
         }
+
+
+def in_view(store: Store, selection: Selection | None = None) -> Selection:
+    """``selection`` narrowed to the store's view (tenant, user, agent).
+
+    Every transfer operation starts here, so a scoped store never reads, copies, prunes or
+    counts rows of another tenant, user or agent. A selection that names an owner outside the
+    view is ``InvalidInputError``, as ``create_session`` does for such an owner.
+    """
+    chosen = selection or Selection()
+    narrowed: dict[str, uuid.UUID] = {}
+    for name, scoped in store.scope.owners():
+        asked = getattr(chosen, name)
+        if asked is not None and asked != scoped:
+            raise InvalidInputError(
+                f"{name} {asked} is outside this store's view (restricted to {name} {scoped})"
+            )
+        narrowed[name] = scoped
+    return dataclasses.replace(chosen, **narrowed)
 
 
 def jsonable(value: object) -> object:

@@ -22,6 +22,7 @@ from .common import (
     c_t,
     canonical_line,
     encoded,
+    in_view,
     s_t,
 )
 from .merging import Conflict, merge_rows
@@ -84,10 +85,14 @@ async def copy_data(
     only; run it again and sessions already there with the same fingerprint are skipped. A
     session that is at the destination with other content is a conflict, never overwritten.
     At the end every copied or skipped session is re-read at the destination and its counts
-    and sha256 compared with the source's: any difference is a mismatch.
+    and sha256 compared with the source's: any difference is a mismatch. Scoped stores copy
+    only what lies inside both views.
     """
     if src.url.kind != "memory" and src.url.display == dst.url.display:
         raise InvalidInputError("source and destination are the same database")
+    # Only rows inside both views: a scoped source copies its own rows, a scoped
+    # destination accepts only rows that belong to it.
+    selection = in_view(dst, in_view(src, selection))
     report = CopyReport()
     expected: dict[uuid.UUID, Fingerprint] = {}
     async for page in _session_pages(src, selection, batch_size):

@@ -23,6 +23,7 @@ from .common import (
     Selection,
     a_t,
     c_t,
+    in_view,
     jsonable,
     m_t,
     record_of,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 async def count_selection(store: Store, selection: Selection) -> Counts:
     """How many rows ``selection`` covers: the total of an export's progress bar."""
+    selection = in_view(store, selection)
     ids = select(s_t.c.id).where(*selection.session_filters())
     queries: dict[Kind, Any] = {
         "session": select(func.count()).select_from(s_t).where(*selection.session_filters()),
@@ -72,7 +74,9 @@ async def iter_export(
     """Every line of an export as a dict: header, rows, end line; one snapshot, streamed.
 
     The whole export reads in one transaction, so it is consistent even while agents write.
+    A scoped store exports only the sessions and calls of its view.
     """
+    selection = in_view(store, selection)
     yield export_header(store, selection)
     counts = Counts()
     async with translated(store, "export"), reading(store, stale_ok=True) as conn:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import select
 
+from ..backend import scope_filter
 from ..errors import InvalidInputError
 from ..translate import DRIVER_ERRORS, to_backend_error
 from .common import DEFAULT_BATCH, Counts, Kind, s_t
@@ -85,6 +86,7 @@ async def validate_file(
             continue
         kind = cast("Kind", line.kind)  # parse_line checked it
         counts.add(kind)
+        _check_in_view(store, line)
         if kind == "session":
             if line.values["id"] in declared:
                 raise InvalidInputError(f"line {number}: session {line.values['id']} twice")
@@ -106,6 +108,19 @@ async def validate_file(
     return counts
 
 
+def _check_in_view(store: Store, line: Line) -> None:
+    """Into a scoped store, only sessions and calls that belong to its view are imported."""
+    if line.kind not in ("session", "api_call") or not store.scope.restricted:
+        return
+    values = line.values
+    owner = (values["tenant_id"], values["user_id"], values["agent_id"])
+    if not store.scope.covers(owner):
+        raise InvalidInputError(
+            f"line {line.number}: this {line.kind.replace('_', ' ')} belongs outside the "
+            f"store's view ({store.scope.describe()}); import it through a wider view"
+        )
+
+
 async def _check_references(
     store: Store, referenced: dict[uuid.UUID, int], declared: set[uuid.UUID]
 ) -> None:
@@ -119,12 +134,13 @@ async def _check_references(
     async with translated(store, "check sessions"), reading(store) as conn:
         for start in range(0, len(pending), 500):
             chunk = pending[start : start + 500]
-            found = set((await conn.execute(select(s_t.c.id).where(s_t.c.id.in_(chunk)))).scalars())
+            visible = select(s_t.c.id).where(s_t.c.id.in_(chunk), *scope_filter(store.scope))
+            found = set((await conn.execute(visible)).scalars())
             for session_id in chunk:
                 if session_id not in found:
                     raise InvalidInputError(
                         f"line {referenced[session_id]}: session {session_id} is neither in "
-                        "the file nor in the database"
+                        "the file nor in the database (within this store's view)"
                     )
 
 

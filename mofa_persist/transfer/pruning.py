@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import delete, exists, func, literal, select
 
 from ..errors import InvalidInputError
-from .common import Counts, Selection, a_t, m_t, s_t
+from .common import Counts, Selection, a_t, in_view, m_t, s_t
 from .reading import reading, translated
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ async def prune(
     if older_than < timedelta(0):
         raise InvalidInputError("older_than must not be negative")
     cutoff = (now or datetime.now(UTC)) - older_than
-    chosen = (selection or Selection()).session_filters()
+    chosen = in_view(store, selection).session_filters()
     run = _Pass(store, chosen, cutoff, keep_last, dry_run, batch_size, on_batch)
     if keep_last is None:
         totals = await _prune_sessions(run)
@@ -179,9 +179,17 @@ async def _prune_messages(run: _Pass, keep_last: int) -> Counts:
 
 
 async def count_prune_candidates(
-    store: Store, *, older_than: timedelta, keep_last: int | None = None
+    store: Store,
+    *,
+    older_than: timedelta,
+    keep_last: int | None = None,
+    selection: Selection | None = None,
 ) -> int:
     """How many sessions prune will visit: the total of its progress bar."""
-    condition = _candidates(datetime.now(UTC) - older_than, keep_last)
+    condition = [
+        *in_view(store, selection).session_filters(),
+        _candidates(datetime.now(UTC) - older_than, keep_last),
+    ]
     async with translated(store, "count sessions"), reading(store) as conn:
-        return int((await conn.execute(select(func.count()).where(condition))).scalar_one())
+        stmt = select(func.count()).select_from(s_t).where(*condition)
+        return int((await conn.execute(stmt)).scalar_one())

@@ -9,7 +9,7 @@ from sqlalchemy import String, func, select
 from sqlalchemy import cast as sql_cast
 
 from ..errors import InvalidInputError
-from .common import a_t, c_t, m_t, s_t
+from .common import Selection, a_t, c_t, in_view, m_t, s_t
 from .reading import reading, translated
 
 if TYPE_CHECKING:
@@ -42,15 +42,19 @@ def _day(column: KeyedColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     return func.substr(sql_cast(column, String(32)), 1, 10)
 
 
-async def collect_stats(store: Store, *, since: datetime | None = None) -> Stats:
-    """Sessions, messages, states, provider calls and tokens created since ``since``."""
+async def collect_stats(
+    store: Store, *, since: datetime | None = None, selection: Selection | None = None
+) -> Stats:
+    """Sessions, messages, states, provider calls and tokens created since ``since``, of the
+    selected sessions (and their owners' provider calls) within the store's view."""
     if since is not None and since.tzinfo is None:
         raise InvalidInputError("since must be a timezone-aware datetime")
+    chosen = in_view(store, selection)
     dialect = store.engine.dialect.name
     by_tenant: dict[str | None, dict[str, int]] = {}
     by_day: dict[str | None, dict[str, int]] = {}
     async with translated(store, "collect stats"), reading(store, stale_ok=True) as conn:
-        for metric, group, query in _stat_queries(since, dialect):
+        for metric, group, query in _stat_queries(since, dialect, chosen):
             target = by_tenant if group == "tenant" else by_day
             for key, value in await conn.execute(query):
                 label = None if key is None else str(key)
@@ -73,7 +77,20 @@ def _day_order(item: tuple[str | None, dict[str, int]]) -> str:
     return item[0] or ""
 
 
-def _stat_queries(since: datetime | None, dialect: str) -> Iterator[tuple[str, str, Any]]:
+def _selected(table: Table, chosen: Selection) -> list[ColumnElement[bool]]:
+    """The selection as filters on ``table``: own owner columns, else its session's."""
+    if table is c_t:
+        owned = chosen.owner_filters(c_t)
+        return owned if chosen.session_id is None else [c_t.c.session_id == chosen.session_id]
+    filters = chosen.session_filters()
+    if table is s_t or not filters:
+        return filters
+    return [table.c.session_id.in_(select(s_t.c.id).where(*filters))]
+
+
+def _stat_queries(
+    since: datetime | None, dialect: str, chosen: Selection
+) -> Iterator[tuple[str, str, Any]]:
     """(metric, grouping, query) triples; each query yields (key, value) rows."""
     sources: list[tuple[str, Table, Any]] = [
         ("sessions", s_t, func.count()),
@@ -84,6 +101,7 @@ def _stat_queries(since: datetime | None, dialect: str) -> Iterator[tuple[str, s
     ]
     for metric, table, value in sources:
         recent = [] if since is None else [table.c.created_at >= since]
+        recent += _selected(table, chosen)
         tenant: Any = table.c.tenant_id if "tenant_id" in table.c else s_t.c.tenant_id
         source: Any = table if table is s_t or table is c_t else table.join(s_t)
         yield (
