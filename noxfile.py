@@ -1,4 +1,6 @@
-"""Test matrix for mofa-persist: `nox` runs everything below except the benchmarks.
+"""Test matrix for mofa-persist. Plain `nox` runs the sessions in `nox.options.sessions`:
+tests (each backend), migrations, reliability, scaleout, bench_smoke, lint and typecheck. Run
+on request only: `soak` (longer reliability runs) and `bench` (the full benchmarks).
 
 Each dialect gets its own session so a failure names its backend. Server URLs default to the
 local services (PostgreSQL on 5432, MariaDB on 3306) and can be overridden with

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 from alembic import context
 
 from mofa_persist.engine import create_engine
+from mofa_persist.errors import PersistenceError
 from mofa_persist.migrate import include_name, run_locked
+from mofa_persist.translate import DRIVER_ERRORS, to_backend_error
 from mofa_persist.models import Base
 from mofa_persist.urls import parse_url
 
@@ -53,8 +55,19 @@ async def run_with_own_engine() -> None:
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_locked, run_on_connection)
+    except DRIVER_ERRORS as error:
+        raise to_backend_error(error, url, "migrate its schema") from error
     finally:
         await engine.dispose()
+
+
+def run_from_command_line() -> None:
+    """The ``alembic`` command: a bad URL or an unreachable database is one line, exit 1
+    (the same line ``mofa-persist upgrade`` prints), not a traceback through Alembic."""
+    try:
+        asyncio.run(run_with_own_engine())
+    except PersistenceError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def run_offline() -> None:
@@ -75,4 +88,4 @@ if context.is_offline_mode():
 elif (given := config.attributes.get("connection")) is not None:
     run_on_connection(given)
 else:
-    asyncio.run(run_with_own_engine())
+    run_from_command_line()

@@ -1,7 +1,9 @@
-"""The schema: typed declarative models of ``sessions``, ``messages`` and ``agent_state``.
+"""The schema: typed declarative models of ``sessions``, ``messages``, ``agent_state`` and the
+tables around them (provider calls, the erasure audit, the database's own key).
 
 The models are the one source of the schema. Alembic migrations are written against them (a
-test checks there is no drift); the store's hot paths use their ``__table__`` with Core.
+test checks there is no drift); the store uses their ``__table__`` with Core, except on the
+hot paths, which run the driver-level SQL of :mod:`mofa_persist.sql` on the same tables.
 """
 
 from __future__ import annotations

@@ -349,7 +349,8 @@ class Store:
     ) -> Session:
         """Create a session (id: ``session_id`` or a new UUIDv7).
 
-        Raises ``ConflictError`` if ``session_id`` is already taken.
+        Raises ``ConflictError`` if ``session_id`` is already taken (anywhere: session ids are
+        global, so this is the one thing a view learns about ids outside it).
         """
         tenant = self._in_scope("tenant_id", coerce_uuid("tenant_id", tenant_id, optional=True))
         user = self._in_scope("user_id", coerce_uuid("user_id", user_id, optional=True))
@@ -377,7 +378,8 @@ class Store:
         try:
             await self._run(work, write=True, action="create a session")
         except ConflictError:
-            raise ConflictError(f"session {new_id} already exists") from None
+            # The same answer inside a view or not: see docs/lifecycle.md, "What a view learns".
+            raise ConflictError(f"session id {new_id} is taken") from None
         return Session(
             id=new_id,
             user_id=user,
@@ -412,12 +414,22 @@ class Store:
         title: str | _Unset | None = UNSET,
         metadata: Mapping[str, Any] | _Unset = UNSET,
     ) -> Session:
-        """Change the title and/or replace the metadata; ``updated_at`` moves."""
+        """Change the title and/or replace the metadata; ``updated_at`` moves.
+
+        An argument left out (its default, :data:`UNSET`) is not changed. ``title=None``
+        removes the title; metadata is replaced whole by the dict given (``{}`` empties it),
+        and ``metadata=None`` is refused, so that nothing is cleared by accident.
+        """
         sid = require_uuid("session_id", session_id)
         values: dict[str, Any] = {"updated_at": _now()}
         if not isinstance(title, _Unset):
             values["title"] = check_title(title)
         if not isinstance(metadata, _Unset):
+            if metadata is None:
+                raise InvalidInputError(
+                    "metadata=None is refused: pass {} to empty the metadata, or leave the "
+                    "argument out to keep it"
+                )
             values["metadata"] = self._encode("metadata", metadata)
 
         async def work(conn: AsyncConnection) -> Session:

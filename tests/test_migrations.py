@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 DIALECTS = [name for name in selected_backends() if name != "memory"]
-TABLES = {"sessions", "messages", "agent_state"}
+TABLES = set(Base.metadata.tables)
 
 pytestmark = pytest.mark.migrations
 
@@ -93,6 +93,32 @@ async def test_alembic_cli_upgrades_to_head_and_downgrades_to_base(fresh_url: st
     assert revision is None
     alembic(fresh_url, "upgrade", "head")  # and back up again
     assert (await inspect_db(fresh_url))[1] == head_revision()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://app:hunter2@127.0.0.1:1/mofa", "cannot reach the postgresql database"),
+        ("mysql://app:hunter2@127.0.0.1:1/mofa", "cannot reach the mysql database"),
+        ("bogus://app:hunter2@host/db", "unknown URL scheme 'bogus'"),
+    ],
+)
+def test_alembic_with_a_bad_url_prints_one_line_and_no_password(url: str, expected: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback
+    assert lines[0].startswith("error: ")
+    assert expected in lines[0]
+    assert "hunter2" not in done.stdout + done.stderr
 
 
 async def test_autogenerate_finds_no_drift_after_connect(fresh_url: str) -> None:

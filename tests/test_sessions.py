@@ -73,6 +73,36 @@ async def test_update_session_changes_only_what_is_given(scoped_store: Store) ->
     assert await scoped_store.get_session(session.id) == cleared
 
 
+async def test_update_session_refuses_metadata_none_and_empties_with_a_dict(
+    scoped_store: Store,
+) -> None:
+    session = await scoped_store.create_session(metadata={"keep": True})
+    with pytest.raises(InvalidInputError, match=r"pass \{\} to empty"):
+        await scoped_store.update_session(session.id, metadata=None)  # type: ignore[arg-type]
+    assert (await scoped_store.get_session(session.id)).metadata == {"keep": True}
+    emptied = await scoped_store.update_session(session.id, metadata={})
+    assert emptied.metadata == {}
+
+
+async def test_a_taken_id_answers_the_same_inside_and_outside_the_view(
+    store: Store, tenant: uuid.UUID
+) -> None:
+    mine = store.scoped(tenant_id=tenant)
+    theirs = store.scoped(tenant_id=uuid.uuid4())
+    own = await mine.create_session()
+    foreign = await theirs.create_session()
+    messages = []
+    for taken in (own.id, foreign.id):
+        with pytest.raises(ConflictError) as caught:
+            await mine.create_session(session_id=taken)
+        messages.append(str(caught.value).replace(str(taken), "<id>"))
+    assert messages[0] == messages[1] == "session id <id> is taken"
+    # Every other operation: an id outside the view is exactly like one that does not exist.
+    for sid in (foreign.id, uuid.uuid4()):
+        with pytest.raises(NotFoundError, match="not found"):
+            await mine.get_session(sid)
+
+
 async def test_update_unknown_session_is_not_found(scoped_store: Store) -> None:
     with pytest.raises(NotFoundError):
         await scoped_store.update_session(uuid.uuid4(), title="x")

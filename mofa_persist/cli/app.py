@@ -2,7 +2,8 @@
 
 Shared: :class:`Output` (data to stdout, progress and errors to stderr), :func:`progress` and
 :func:`execute`, which turns any failure into one ``error: ...`` line and an exit code instead
-of a traceback; :func:`on_store` runs a command's work on the store at ``--url``.
+of a traceback; :func:`checked` does the same for input parsed before any I/O, and
+:func:`on_store` runs a command's work on the store at ``--url`` (or on a view of it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
 from rich.console import Console
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
 
     from ..store import Store
+    from .views import Owners
 
 T = TypeVar("T")
 
@@ -123,10 +125,16 @@ def when(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+class Advance(Protocol):
+    """Moves a progress bar by ``amount``; ``description`` relabels it (e.g. per table)."""
+
+    def __call__(self, amount: int = 1, *, description: str | None = None) -> None: ...
+
+
 @contextlib.contextmanager
 def progress(
     output: Output, description: str, total: int | None, *, in_bytes: bool = False
-) -> Iterator[Callable[[int], None]]:
+) -> Iterator[Advance]:
     """A Rich progress bar on stderr; ``advance(n)`` moves it. Drawn only on a terminal."""
     count: ProgressColumn = DownloadColumn() if in_bytes else MofNCompleteColumn()
     with Progress(
@@ -142,8 +150,8 @@ def progress(
     ) as bar:
         task = bar.add_task(description, total=total)
 
-        def advance(amount: int = 1) -> None:
-            bar.advance(task, amount)
+        def advance(amount: int = 1, *, description: str | None = None) -> None:
+            bar.update(task, advance=amount, description=description)
 
         yield advance
 
@@ -178,11 +186,25 @@ def describe(error: BaseException) -> str:
     return first[:500]
 
 
-def on_store(output: Output, url: str | None, work: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
-    """Run ``work`` on the store at ``url`` (which must exist, at head), as :func:`execute` does."""
+def checked(output: Output, parse: Callable[[], T]) -> T:
+    """Input parsed before any I/O (ids, ages, files): a bad value is one line too."""
+    try:
+        return parse()
+    except PersistenceError as error:
+        raise output.fail(describe(error)) from None
+
+
+def on_store(
+    output: Output,
+    url: str | None,
+    work: Callable[[Store], Coroutine[Any, Any, T]],
+    owners: Owners | None = None,
+) -> T:
+    """Run ``work`` on the store at ``url`` (which must exist, at head), as :func:`execute`
+    does; on the view of ``owners`` when they name a tenant."""
 
     async def opened() -> T:
         async with await open_store(resolve_url(url)) as store:
-            return await work(store)
+            return await work(store if owners is None else owners.view(store))
 
     return execute(output, opened())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import migrate as migrations
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PersistenceError
 from ..store import Store, connect
 from ..translate import DRIVER_ERRORS, to_backend_error
 from ..urls import parse_url
@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ..urls import DatabaseUrl
+
+
+def display(url: str) -> str:
+    """The URL as messages show it: its password masked."""
+    try:
+        return parse_url(url).display
+    except PersistenceError:
+        return "the database"
 
 
 def file_missing(parsed: DatabaseUrl) -> bool:

@@ -26,9 +26,18 @@ VerboseOption = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show details (tracebacks) on errors.")
 ]
 SessionOption = Annotated[str | None, typer.Option("--session", help="One session id.")]
-UserOption = Annotated[str | None, typer.Option("--user", help="Sessions of this user id.")]
-TenantOption = Annotated[str | None, typer.Option("--tenant", help="Sessions of this tenant id.")]
-AgentOption = Annotated[str | None, typer.Option("--agent", help="Sessions of this agent id.")]
+TenantOption = Annotated[
+    str | None,
+    typer.Option("--tenant", help="Only this tenant: the command runs on its view."),
+]
+UserOption = Annotated[
+    str | None,
+    typer.Option("--user", help="Only this user (narrows the --tenant view, else a filter)."),
+]
+AgentOption = Annotated[
+    str | None,
+    typer.Option("--agent", help="Only this agent (narrows the --tenant view, else a filter)."),
+]
 BatchOption = Annotated[
     int, typer.Option("--batch-size", min=1, max=10_000, help="Rows per query and per insert.")
 ]

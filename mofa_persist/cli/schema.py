@@ -17,11 +17,10 @@ from rich.text import Text
 
 from .. import migrate as migrations
 from ..engine import create_engine
-from ..errors import PersistenceError
 from ..translate import DRIVER_ERRORS, to_backend_error
 from ..urls import parse_url
 from .app import Output, app, execute, progress
-from .database import current_revision, file_missing, make_parent, require_file
+from .database import current_revision, display, file_missing, make_parent, require_file
 from .options import JsonOption, UrlOption, VerboseOption, resolve_url
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ def downgrade(
     if not yes:
         if not sys.stdin.isatty():
             raise output.fail("downgrade drops tables and their data; pass --yes to confirm")
-        typer.confirm(f"Downgrade {_display(target)} to {revision}? Data may be lost", abort=True)
+        typer.confirm(f"Downgrade {display(target)} to {revision}? Data may be lost", abort=True)
     before, after = execute(output, _migrate(target, "downgrade", revision, output))
     _report_migration(output, "downgrade", before, after)
 
@@ -74,13 +73,6 @@ async def _engine(parsed: DatabaseUrl, action: str, **options: bool) -> AsyncIte
         raise to_backend_error(error, parsed, action) from error
     finally:
         await engine.dispose()
-
-
-def _display(url: str) -> str:
-    try:
-        return parse_url(url).display
-    except PersistenceError:
-        return "the database"
 
 
 async def _migrate(

@@ -82,9 +82,32 @@ async def check_0002(store: mofa_persist.Store, facts: Facts) -> None:
     assert (usage.calls, usage.total_tokens, usage.latency_p50_ms) == (1, 7, 12.0)
 
 
+async def write_0003(store: mofa_persist.Store, facts: Facts) -> None:
+    tenant = "5d1c0f8e-3b1a-4c6e-9f0a-2b7e8c9d0a1b"
+    user = "0e9d8c7b-6a5f-4e3d-8c2b-1a0f9e8d7c6b"
+    view = store.scoped(tenant_id=tenant)
+    for _ in range(3):
+        await view.create_session(user_id=user, title="written at 0003")
+    page = await view.list_sessions(limit=2)
+    erased = await view.erase_user(user)
+    facts["0003"] = {"tenant": tenant, "user": user, "cursor": page.next_cursor, "id": erased.id}
+
+
+async def check_0003(store: mofa_persist.Store, facts: Facts) -> None:
+    fact = facts["0003"]
+    view = store.scoped(tenant_id=fact["tenant"])
+    # The database key survived: a cursor made before the upgrade still verifies.
+    assert (await view.list_sessions(limit=2, cursor=fact["cursor"])).items == []
+    (record,) = await view.list_erasures(user_id=fact["user"])
+    assert record.id == fact["id"]
+    assert record.counts["sessions"] == 3
+    assert record.finished_at is not None
+
+
 WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]], ...]] = {
     "0001": (write_0001, check_0001),
     "0002": (write_0002, check_0002),
+    "0003": (write_0003, check_0003),
 }
 
 
