@@ -464,6 +464,26 @@ async def test_other_tenants_sessions_are_not_found(
     assert await other_tenant.store.count_messages(theirs.id) == 1
 
 
+async def test_another_agent_of_the_same_user_cannot_reach_its_sessions(
+    plugin: PersistencePlugin, store: Store
+) -> None:
+    """A support bot and a sales bot of one user: sessions belong to a user AND an agent."""
+    sales = PersistencePlugin("sales", store, plugin.user_id, plugin.tenant_id, uuid.uuid4())
+    theirs = await sales.create_session(title="quote")
+    await sales.store.append_message(theirs.id, "user", "my budget is 10k")
+    async with await build(plugin, ScriptedProvider()) as agent:
+        for attempt in (agent.switch_session, agent.delete_session):
+            with pytest.raises(NotFoundError):
+                await attempt(theirs.id)
+        assert theirs.id not in {s.id for s in await agent.list_sessions()}
+        with pytest.raises(NotFoundError):
+            await agent.store.get_messages(theirs.id)
+    with pytest.raises(NotFoundError):
+        await build(plugin, ScriptedProvider(), session_id=theirs.id)
+    assert await sales.store.count_messages(theirs.id) == 1
+    assert [s.id for s in await sales.list_sessions()] == [theirs.id]
+
+
 async def test_bad_id_strings_are_invalid_input(plugin: PersistencePlugin, store: Store) -> None:
     with pytest.raises(InvalidInputError):
         PersistencePlugin("p", store, "not-a-uuid", uuid.uuid4(), uuid.uuid4())
