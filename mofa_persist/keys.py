@@ -23,13 +23,13 @@ from .models import database_keys_table
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from .store import Store
+    from .repository.core import StoreCore
 
 k_t = database_keys_table
 KEY_NAME = "main"
 
 
-async def database_key(store: Store) -> bytes:
+async def database_key(store: StoreCore) -> bytes:
     """The key (32 random bytes), created by whichever process asks first."""
     backend = store._backend
     if backend.key is not None:

@@ -22,13 +22,13 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Table
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from ..store import Store
+    from ..repository.core import StoreCore
 
 s_t = sessions_table
 Progress = Callable[[str, int], None]
 
 
-async def count_rows(store: Store, table: Table, where: list[ColumnElement[bool]]) -> int:
+async def count_rows(store: StoreCore, table: Table, where: list[ColumnElement[bool]]) -> int:
     stmt = select(func.count()).select_from(table).where(*where)
 
     async def work(conn: AsyncConnection) -> int:
@@ -38,7 +38,7 @@ async def count_rows(store: Store, table: Table, where: list[ColumnElement[bool]
 
 
 async def delete_in_batches(
-    store: Store,
+    store: StoreCore,
     table: Table,
     where: list[ColumnElement[bool]],
     *,
@@ -79,7 +79,7 @@ async def delete_in_batches(
 
 
 async def session_pages(
-    store: Store, where: list[ColumnElement[bool]], batch_size: int
+    store: StoreCore, where: list[ColumnElement[bool]], batch_size: int
 ) -> AsyncIterator[list[tuple[uuid.UUID, int]]]:
     """(id, last_seq) of the sessions matching ``where``, a page per short read, by id."""
     after: uuid.UUID | None = None

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Table
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from ..store import Store
+    from ..repository.core import StoreCore
 
 s_t = sessions_table
 e_t = erasures_table
@@ -85,7 +85,7 @@ def subject_hash(key: bytes, kind: ErasureKind, subject: uuid.UUID) -> str:
 
 
 async def erase(
-    store: Store,
+    store: StoreCore,
     kind: ErasureKind,
     subject_id: uuid.UUID | str,
     *,
@@ -139,7 +139,7 @@ async def erase(
     return finished
 
 
-async def _write_audit(store: Store, record: Erasure, tenant_hash: str | None) -> None:
+async def _write_audit(store: StoreCore, record: Erasure, tenant_hash: str | None) -> None:
     values: dict[str, Any] = {
         "id": record.id,
         "scope_kind": record.kind,
@@ -156,7 +156,7 @@ async def _write_audit(store: Store, record: Erasure, tenant_hash: str | None) -
     await store._run(work, write=True, action="record an erasure")
 
 
-async def _finish_audit(store: Store, record: Erasure) -> None:
+async def _finish_audit(store: StoreCore, record: Erasure) -> None:
     stmt = (
         update(e_t)
         .where(e_t.c.id == record.id)
@@ -170,7 +170,7 @@ async def _finish_audit(store: Store, record: Erasure) -> None:
 
 
 async def list_erasures(
-    store: Store,
+    store: StoreCore,
     *,
     user_id: uuid.UUID | str | None = None,
     tenant_id: uuid.UUID | str | None = None,

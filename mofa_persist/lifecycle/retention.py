@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from ..store import Store
+    from ..repository.core import StoreCore
     from .policy import RetentionPolicy
 
 s_t = sessions_table
@@ -52,7 +52,7 @@ class RetentionReport:
 
 
 async def apply_retention(
-    store: Store,
+    store: StoreCore,
     policy: RetentionPolicy,
     *,
     dry_run: bool = False,
@@ -90,7 +90,7 @@ async def apply_retention(
 
 @dataclass(slots=True)
 class _Run:
-    store: Store
+    store: StoreCore
     owned: list[ColumnElement[bool]]
     batch_size: int
     dry_run: bool

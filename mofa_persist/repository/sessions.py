@@ -1,0 +1,219 @@
+"""Sessions: create, read, update, delete and list (keyset pages bound to the view)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, insert, select, update
+
+from .. import sql
+from ..backend import ReplicaStatus as ReplicaStatus
+from ..backend import Scope as Scope
+from ..backend import _Backend as _Backend
+from ..convert import _loads, _now, _session_record
+from ..cursor import decode_cursor, encode_cursor
+from ..errors import (
+    ConflictError,
+    InvalidInputError,
+)
+from ..ids import uuid7
+from ..keys import database_key
+from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
+from ..records import (
+    Page,
+    Session,
+)
+from ..validate import (
+    check_limit,
+    check_title,
+    coerce_uuid,
+    require_uuid,
+)
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Mapping
+
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .core import UNSET, StoreCore, _Unset
+
+_DEFAULT_PAGE = 50
+
+s_t = sessions_table
+m_t = messages_table
+a_t = agent_state_table
+c_t = api_calls_table
+
+
+class SessionsApi(StoreCore):
+    """Sessions: create, read, update, delete and list (keyset pages bound to the view)."""
+
+    async def create_session(
+        self,
+        *,
+        user_id: uuid.UUID | str | None = None,
+        tenant_id: uuid.UUID | str | None = None,
+        agent_id: uuid.UUID | str | None = None,
+        session_id: uuid.UUID | str | None = None,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """Create a session (id: ``session_id`` or a new UUIDv7).
+
+        Raises ``ConflictError`` if ``session_id`` is already taken (anywhere: session ids are
+        global, so this is the one thing a view learns about ids outside it).
+        """
+        tenant = self._in_scope("tenant_id", coerce_uuid("tenant_id", tenant_id, optional=True))
+        user = self._in_scope("user_id", coerce_uuid("user_id", user_id, optional=True))
+        agent = self._in_scope("agent_id", coerce_uuid("agent_id", agent_id, optional=True))
+        new_id = coerce_uuid("session_id", session_id, optional=True) or uuid7()
+        checked_title = check_title(title)
+        meta = self._encode("metadata", metadata)
+        now = _now()
+        values = {
+            "id": new_id,
+            "user_id": user,
+            "tenant_id": tenant,
+            "agent_id": agent,
+            "title": checked_title,
+            "metadata": meta,
+            "last_seq": 0,
+            "state_version": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(insert(s_t), values)
+
+        try:
+            await self._run(work, write=True, action="create a session")
+        except ConflictError:
+            # The same answer inside a view or not: see docs/lifecycle.md, "What a view learns".
+            raise ConflictError(f"session id {new_id} is taken") from None
+        return Session(
+            id=new_id,
+            user_id=user,
+            tenant_id=tenant,
+            agent_id=agent,
+            title=checked_title,
+            metadata=_loads(meta),
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def get_session(self, session_id: uuid.UUID | str) -> Session:
+        """The session; ``NotFoundError`` if it does not exist or is outside the scope."""
+        sid = require_uuid("session_id", session_id)
+
+        lane = self._backend.lane
+        text = sql.get_session_sql(lane.style, self._scope_shape())
+        params = [lane.uuid_in(sid), *self._scope_params()]
+
+        async def work(db: Any) -> Session:
+            rows = await lane.fetch(db, text, params)
+            if not rows:
+                raise self._not_found(sid)
+            return lane.sessions(rows)[0]
+
+        return await self._run(work, write=False, action="read a session", one_read=True, lean=True)
+
+    async def update_session(
+        self,
+        session_id: uuid.UUID | str,
+        *,
+        title: str | _Unset | None = UNSET,
+        metadata: Mapping[str, Any] | _Unset = UNSET,
+    ) -> Session:
+        """Change the title and/or replace the metadata; ``updated_at`` moves.
+
+        An argument left out (its default, :data:`UNSET`) is not changed. ``title=None``
+        removes the title; metadata is replaced whole by the dict given (``{}`` empties it),
+        and ``metadata=None`` is refused, so that nothing is cleared by accident.
+        """
+        sid = require_uuid("session_id", session_id)
+        values: dict[str, Any] = {"updated_at": _now()}
+        if not isinstance(title, _Unset):
+            values["title"] = check_title(title)
+        if not isinstance(metadata, _Unset):
+            if metadata is None:
+                raise InvalidInputError(
+                    "metadata=None is refused: pass {} to empty the metadata, or leave the "
+                    "argument out to keep it"
+                )
+            values["metadata"] = self._encode("metadata", metadata)
+
+        async def work(conn: AsyncConnection) -> Session:
+            stmt = update(s_t).where(*self._session_filter(sid)).values(values)
+            if (await conn.execute(stmt)).rowcount == 0:
+                raise self._not_found(sid)
+            row = (await conn.execute(select(s_t).where(s_t.c.id == sid))).one()
+            return _session_record(row)
+
+        return await self._run(work, write=True, action="update a session")
+
+    async def delete_session(self, session_id: uuid.UUID | str) -> None:
+        """Delete the session with its messages and states (one statement, cascading)."""
+        sid = require_uuid("session_id", session_id)
+
+        async def work(conn: AsyncConnection) -> None:
+            result = await conn.execute(delete(s_t).where(*self._session_filter(sid)))
+            if result.rowcount == 0:
+                raise self._not_found(sid)
+
+        await self._run(work, write=True, action="delete a session")
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: uuid.UUID | str | None = None,
+        tenant_id: uuid.UUID | str | None = None,
+        agent_id: uuid.UUID | str | None = None,
+        limit: int = _DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> Page[Session]:
+        """Sessions newest ``updated_at`` first, one page at a time (keyset pagination).
+
+        Filters combine with AND and with the store's scope. ``next_cursor`` is ``None`` on
+        the last page. A page costs the same however many sessions are stored.
+        """
+        lane = self._backend.lane
+        columns: list[str] = []
+        params: list[Any] = []
+        for name, scoped in self._scope.owners():
+            columns.append(name)
+            params.append(lane.uuid_in(scoped))
+        asked: list[str] = []
+        for name, value in (("user_id", user_id), ("tenant_id", tenant_id), ("agent_id", agent_id)):
+            checked = coerce_uuid(name, value, optional=True)
+            if checked is not None:
+                columns.append(name)
+                params.append(lane.uuid_in(checked))
+                asked.append(f"{name}={checked}")
+        page_size = check_limit("limit", limit, optional=False)
+        assert page_size is not None
+        # What a cursor is bound to: this view and these filters (see mofa_persist.cursor).
+        binding = f"list_sessions|{self._scope.describe()}|{','.join(asked)}"
+        key = await database_key(self) if cursor is not None or page_size > 0 else b""
+        if cursor is not None:
+            after_updated, after_id = decode_cursor(key, binding, cursor)
+            stamp = lane.time_in(after_updated)
+            params += [stamp, stamp, lane.uuid_in(after_id)]
+        if page_size == 0:
+            return Page([], None)
+        params.append(page_size + 1)
+        text = sql.list_sessions_sql(lane.style, tuple(columns), cursor is not None)
+
+        async def work(db: Any) -> Page[Session]:
+            rows = await lane.fetch(db, text, params)
+            items = lane.sessions(rows[:page_size])
+            next_cursor = None
+            if len(rows) > page_size:
+                last = items[-1]
+                next_cursor = encode_cursor(key, binding, last.updated_at, last.id)
+            return Page(items, next_cursor)
+
+        return await self._run(
+            work, write=False, action="list sessions", one_read=True, lean=True, stale_ok=True
+        )
