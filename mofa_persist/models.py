@@ -57,6 +57,11 @@ class SessionRow(Base):
     state_version: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    #: A fork remembers where it came from; the parent may be deleted later (then NULL).
+    parent_session_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="SET NULL")
+    )
+    forked_at_seq: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         # Newest-first listings: each filter combination walks one index in order, so the
@@ -65,6 +70,7 @@ class SessionRow(Base):
         Index(None, "user_id", "updated_at", "id"),
         Index(None, "tenant_id", "updated_at", "id"),
         Index(None, "updated_at", "id"),
+        Index(None, "parent_session_id", "updated_at", "id"),
         MYSQL_TABLE_ARGS,
     )
 
@@ -95,6 +101,9 @@ class AgentStateRow(Base):
     version: Mapped[int] = mapped_column(Integer)
     state: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+    #: The session's ``last_seq`` when this snapshot was saved: a rewind to seq N removes
+    #: the snapshots with ``at_seq > N``, so history and state agree again.
+    at_seq: Mapped[int] = mapped_column(Integer, server_default="0")
 
     __table_args__ = (UniqueConstraint("session_id", "version"), MYSQL_TABLE_ARGS)
 
@@ -125,6 +134,41 @@ class ApiCallRow(Base):
     __table_args__ = (
         Index(None, "session_id", "created_at"),
         Index(None, "tenant_id", "created_at"),
+        Index(None, "created_at"),
+        MYSQL_TABLE_ARGS,
+    )
+
+
+class IdempotencyKeyRow(Base):
+    """A client-supplied key of one write, and what that write returned.
+
+    Unique per session (``scope`` = ``s:<session>``; per tenant, ``t:<tenant>``, for provider
+    calls of no session). A retry with the key reads the stored rows back instead of writing
+    again. ``first_seq``..``last_seq`` and ``state_version`` say what the key protects, so a
+    rewind that removes those rows removes the key with them.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(200))
+    session_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE")
+    )
+    tenant_id: Mapped[uuid.UUID | None]
+    user_id: Mapped[uuid.UUID | None]
+    operation: Mapped[str] = mapped_column(String(30))
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    result: Mapped[dict[str, Any]]
+    first_seq: Mapped[int | None] = mapped_column(Integer)
+    last_seq: Mapped[int | None] = mapped_column(Integer)
+    state_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("scope", "key"),
+        Index(None, "session_id", "last_seq"),
         Index(None, "created_at"),
         MYSQL_TABLE_ARGS,
     )
@@ -172,3 +216,4 @@ agent_state_table = cast("Table", AgentStateRow.__table__)
 api_calls_table = cast("Table", ApiCallRow.__table__)
 database_keys_table = cast("Table", DatabaseKeyRow.__table__)
 erasures_table = cast("Table", ErasureRow.__table__)
+idempotency_keys_table = cast("Table", IdempotencyKeyRow.__table__)

@@ -35,6 +35,10 @@ class Session:
     last_seq: int = 0
     #: ``version`` of the newest saved state (0 for none).
     state_version: int = 0
+    #: The session this one was forked from (``None``: not a fork, or the parent is gone).
+    parent_session_id: uuid.UUID | None = None
+    #: The parent's ``seq`` the fork was taken at.
+    forked_at_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,8 @@ class AgentState:
     version: int
     state: dict[str, Any]
     created_at: datetime
+    #: The session's ``last_seq`` when the snapshot was saved (what a rewind cuts by).
+    at_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,19 @@ class Usage:
     latency_p95_ms: float | None
     latency_p99_ms: float | None
     by_status: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RewindResult:
+    """What :meth:`Store.rewind` removed, and where the session now stands."""
+
+    session_id: uuid.UUID
+    #: The session's ``last_seq`` now (the next append gets ``last_seq + 1``).
+    last_seq: int
+    #: The newest remaining state version (0 for none); the next save gets the one after.
+    state_version: int
+    messages_deleted: int
+    states_deleted: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ top of :class:`StoreCore`; :class:`mofa_persist.store.Store` combines them.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -17,10 +18,7 @@ from ..backend import Scope as Scope
 from ..backend import _Backend as _Backend
 from ..backend import scope_filter, scope_params, scope_shape, session_filter
 from ..convert import _NewMessage
-from ..errors import (
-    InvalidInputError,
-    NotFoundError,
-)
+from ..errors import ConflictError, InvalidInputError, NotFoundError
 from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
 from ..validate import (
     EncodedJSON,
@@ -28,6 +26,7 @@ from ..validate import (
     check_text,
     encode_document,
 )
+from . import idempotency
 
 if TYPE_CHECKING:
     import uuid
@@ -118,9 +117,23 @@ class StoreCore:
         state: EncodedJSON | None,
         expected_version: int | None,
         action: str,
+        idempotency_key: str | None = None,
+        operation: str = "",
     ) -> tuple[list[Message], AgentState | None]:
         """Bump the session's counters (taking its row lock), then insert rows: one transaction."""
         backend, scope = self._backend, self._scope
+        if idempotency_key is not None:
+            payload = {
+                "messages": [
+                    [item.role, item.content, json.loads(item.metadata)] for item in items
+                ],
+                "state": None if state is None else json.loads(state),
+                "expected_version": expected_version,
+            }
+            call = idempotency.KeyedCall.of(
+                idempotency_key, idempotency.session_scope(sid), operation, payload
+            )
+            return await self._keyed_write(sid, items, state, expected_version, action, call)
         if backend.one_hop_writes:
             return await self._run(
                 functools.partial(
@@ -147,6 +160,50 @@ class StoreCore:
             write=True,
             action=action,
         )
+
+    async def _keyed_write(
+        self,
+        sid: uuid.UUID,
+        items: Sequence[_NewMessage],
+        state: EncodedJSON | None,
+        expected_version: int | None,
+        action: str,
+        call: idempotency.KeyedCall,
+    ) -> tuple[list[Message], AgentState | None]:
+        """A write with an idempotency key: the key row commits with the rows it protects."""
+        backend, scope = self._backend, self._scope
+
+        async def replay(conn: AsyncConnection) -> tuple[list[Message], AgentState | None] | None:
+            await self._require_session(conn, sid)  # never replay across views
+            found = await idempotency.find(conn, call)
+            return None if found is None else await idempotency.replay_turn(conn, call, found)
+
+        async def work(conn: AsyncConnection) -> tuple[list[Message], AgentState | None]:
+            replayed = await replay(conn)
+            if replayed is not None:
+                return replayed
+            stored, saved = await writes.core_write(
+                backend, scope, sid, items, state, expected_version, conn
+            )
+            await idempotency.remember(
+                conn,
+                call,
+                idempotency.turn_result(stored, saved),
+                session_id=sid,
+                seqs=[message.seq for message in stored],
+                state_version=None if saved is None else saved.version,
+            )
+            return stored, saved
+
+        try:
+            return await self._run(work, write=True, action=action)
+        except ConflictError:
+            # Lost the race for this key (its unique index) to a call that committed first:
+            # answer with the winner's rows. Any other conflict is the caller's to see.
+            replayed = await self._run(replay, write=False, action=action)
+            if replayed is None:
+                raise
+            return replayed
 
     async def _lean_require_session(self, db: Any, sid: uuid.UUID) -> None:
         if await writes.lean_session_version(self._backend, self._scope, db, sid) is None:

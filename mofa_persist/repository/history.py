@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, or_, select, update
 
 from .. import sql
-from ..backend import ReplicaStatus as ReplicaStatus
-from ..backend import Scope as Scope
-from ..backend import _Backend as _Backend
-from ..convert import _NewMessage
-from ..errors import (
-    InvalidInputError,
+from ..convert import _NewMessage, _now
+from ..errors import InvalidInputError
+from ..models import (
+    agent_state_table,
+    api_calls_table,
+    idempotency_keys_table,
+    messages_table,
+    sessions_table,
 )
-from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
-from ..records import (
-    Message,
-    Turn,
-)
+from ..records import Message, RewindResult, Turn
 from ..validate import (
     check_limit,
     check_role,
@@ -32,6 +30,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import idempotency
 from .core import StoreCore
 
 _DEFAULT_PAGE = 50
@@ -40,6 +39,7 @@ s_t = sessions_table
 m_t = messages_table
 a_t = agent_state_table
 c_t = api_calls_table
+k_t = idempotency_keys_table
 
 
 class HistoryApi(StoreCore):
@@ -52,25 +52,40 @@ class HistoryApi(StoreCore):
         content: str,
         *,
         metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> Message:
-        """Append one message; it gets the session's next ``seq``."""
+        """Append one message; it gets the session's next ``seq``.
+
+        With ``idempotency_key``, a retry of this call (same key, same message) stores
+        nothing and returns the first call's message; see :mod:`.idempotency`.
+        """
         sid = require_uuid("session_id", session_id)
         item = _NewMessage(
             check_role(role), check_text("content", content), self._encode("metadata", metadata)
         )
-        messages, _ = await self._write_turn(sid, [item], None, None, "append a message")
+        key = idempotency.check_key(idempotency_key)
+        messages, _ = await self._write_turn(
+            sid, [item], None, None, "append a message", key, "append_message"
+        )
         return messages[0]
 
     async def append_messages(
-        self, session_id: uuid.UUID | str, items: Iterable[Mapping[str, Any]]
+        self,
+        session_id: uuid.UUID | str,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
     ) -> list[Message]:
         """Append several messages in one transaction: all of them or none."""
         sid = require_uuid("session_id", session_id)
         checked = self._check_items(items)
+        key = idempotency.check_key(idempotency_key)
         if not checked:
             await self._ensure_session(sid)
             return []
-        messages, _ = await self._write_turn(sid, checked, None, None, "append messages")
+        messages, _ = await self._write_turn(
+            sid, checked, None, None, "append messages", key, "append_messages"
+        )
         return messages
 
     async def get_messages(
@@ -141,6 +156,7 @@ class HistoryApi(StoreCore):
         *,
         state: Mapping[str, Any] | None = None,
         expected_version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Turn:
         """Store a turn's messages and state snapshot in ONE transaction: all or nothing.
 
@@ -154,5 +170,78 @@ class HistoryApi(StoreCore):
             raise InvalidInputError("expected_version needs a state to save")
         if not checked and encoded is None:
             raise InvalidInputError("a turn needs at least one message or a state")
-        stored, saved = await self._write_turn(sid, checked, encoded, expected, "record a turn")
+        key = idempotency.check_key(idempotency_key)
+        stored, saved = await self._write_turn(
+            sid, checked, encoded, expected, "record a turn", key, "record_turn"
+        )
         return Turn(stored, saved)
+
+    # ------------------------------------------------------------------ editing history
+
+    async def pop_message(self, session_id: uuid.UUID | str) -> Message | None:
+        """Remove and return the newest message (``None`` if there is none).
+
+        The next append gets its ``seq`` again. State snapshots saved after the message was
+        written go with it, as in :meth:`rewind`, so history and state agree.
+        """
+        sid = require_uuid("session_id", session_id)
+
+        async def work(conn: AsyncConnection) -> Message | None:
+            await self._lock_session(conn, sid)
+            stmt = select(m_t).where(m_t.c.session_id == sid).order_by(m_t.c.seq.desc()).limit(1)
+            newest = (await conn.execute(stmt)).first()
+            if newest is None:
+                return None
+            await _cut(conn, sid, newest.seq - 1)
+            return Message(**newest._mapping)
+
+        return await self._run(work, write=True, action="pop a message")
+
+    async def rewind(self, session_id: uuid.UUID | str, to_seq: int) -> RewindResult:
+        """Delete every message with ``seq > to_seq`` and every state snapshot saved after
+        that point, in one transaction; the next append gets ``to_seq + 1``.
+
+        ``to_seq`` above the session's ``last_seq`` is ``InvalidInputError`` (it would leave a
+        gap). Appends racing with a rewind wait for it and continue after the cut.
+        """
+        sid = require_uuid("session_id", session_id)
+        cut = check_limit("to_seq", to_seq, optional=False)
+        assert cut is not None
+
+        async def work(conn: AsyncConnection) -> RewindResult:
+            last_seq = await self._lock_session(conn, sid)
+            if cut > last_seq:
+                raise InvalidInputError(
+                    f"to_seq {cut} is beyond session {sid}'s last seq {last_seq}"
+                )
+            return await _cut(conn, sid, cut)
+
+        return await self._run(work, write=True, action="rewind a session")
+
+    async def _lock_session(self, conn: AsyncConnection, sid: uuid.UUID) -> int:
+        """Lock the session row (appends wait for us) and return its ``last_seq``."""
+        stmt = select(s_t.c.last_seq).where(*self._session_filter(sid)).with_for_update()
+        last_seq = (await conn.execute(stmt)).scalar()
+        if last_seq is None:
+            raise self._not_found(sid)
+        return int(last_seq)
+
+
+async def _cut(conn: AsyncConnection, sid: uuid.UUID, cut: int) -> RewindResult:
+    """History after ``cut`` goes: messages, the snapshots saved after it, and the keys that
+    protected them. The counters step back, so ``seq`` stays gap-free."""
+    messages = await conn.execute(delete(m_t).where(m_t.c.session_id == sid, m_t.c.seq > cut))
+    states = await conn.execute(delete(a_t).where(a_t.c.session_id == sid, a_t.c.at_seq > cut))
+    newest = select(func.coalesce(func.max(a_t.c.version), 0)).where(a_t.c.session_id == sid)
+    version = int((await conn.execute(newest)).scalar_one())
+    await conn.execute(
+        delete(k_t).where(
+            k_t.c.session_id == sid, or_(k_t.c.last_seq > cut, k_t.c.state_version > version)
+        )
+    )
+    await conn.execute(
+        update(s_t)
+        .where(s_t.c.id == sid)
+        .values(last_seq=cut, state_version=version, updated_at=_now())
+    )
+    return RewindResult(sid, cut, version, int(messages.rowcount), int(states.rowcount))

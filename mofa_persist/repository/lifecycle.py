@@ -5,12 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import lifecycle
-from ..backend import ReplicaStatus as ReplicaStatus
-from ..backend import Scope as Scope
-from ..backend import _Backend as _Backend
-from ..errors import (
-    InvalidInputError,
-)
+from ..errors import InvalidInputError
 from ..lifecycle import RetentionPolicy, RetentionReport
 from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
 

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from .. import sql
-from ..backend import ReplicaStatus as ReplicaStatus
-from ..backend import Scope as Scope
-from ..backend import _Backend as _Backend
 from ..convert import _loads, _now, _session_record
 from ..cursor import decode_cursor, encode_cursor
-from ..errors import (
-    ConflictError,
-    InvalidInputError,
-)
+from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
 from ..keys import database_key
 from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
-from ..records import (
-    Page,
-    Session,
-)
+from ..records import Page, Session
 from ..validate import (
     check_limit,
     check_title,
     coerce_uuid,
+    encode_document,
     require_uuid,
 )
 
@@ -34,6 +26,7 @@ if TYPE_CHECKING:
     import uuid
     from collections.abc import Mapping
 
+    from sqlalchemy import Table
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .core import UNSET, StoreCore, _Unset
@@ -170,6 +163,7 @@ class SessionsApi(StoreCore):
         user_id: uuid.UUID | str | None = None,
         tenant_id: uuid.UUID | str | None = None,
         agent_id: uuid.UUID | str | None = None,
+        parent_session_id: uuid.UUID | str | None = None,
         limit: int = _DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page[Session]:
@@ -185,7 +179,12 @@ class SessionsApi(StoreCore):
             columns.append(name)
             params.append(lane.uuid_in(scoped))
         asked: list[str] = []
-        for name, value in (("user_id", user_id), ("tenant_id", tenant_id), ("agent_id", agent_id)):
+        for name, value in (
+            ("user_id", user_id),
+            ("tenant_id", tenant_id),
+            ("agent_id", agent_id),
+            ("parent_session_id", parent_session_id),  # the forks of one session
+        ):
             checked = coerce_uuid(name, value, optional=True)
             if checked is not None:
                 columns.append(name)
@@ -217,3 +216,109 @@ class SessionsApi(StoreCore):
         return await self._run(
             work, write=False, action="list sessions", one_read=True, lean=True, stale_ok=True
         )
+
+    async def fork_session(
+        self,
+        session_id: uuid.UUID | str,
+        *,
+        at_seq: int | None = None,
+        title: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        agent_id: uuid.UUID | str | None = None,
+        batch_size: int = 1000,
+    ) -> Session:
+        """A new session holding copies of the messages up to ``at_seq`` (default: all) and
+        the state snapshots saved by then; it records ``parent_session_id`` and
+        ``forked_at_seq``. Same tenant, user and agent unless ``user_id``/``agent_id`` say
+        otherwise (within the view). One transaction; one read and one insert per batch of
+        ``batch_size`` messages, however long the history.
+        """
+        sid = require_uuid("session_id", session_id)
+        wanted = check_limit("at_seq", at_seq)
+        checked_title = None if title is None else check_title(title)
+        user = self._in_scope("user_id", coerce_uuid("user_id", user_id, optional=True))
+        agent = self._in_scope("agent_id", coerce_uuid("agent_id", agent_id, optional=True))
+        batch = check_limit("batch_size", batch_size, optional=False)
+        if not batch:
+            raise InvalidInputError("batch_size must be a positive integer")
+        new_id = uuid7()
+        exact = self._backend.url.kind == "postgresql"
+
+        async def work(conn: AsyncConnection) -> Session:
+            stmt = select(s_t).where(*self._session_filter(sid)).with_for_update()
+            parent = (await conn.execute(stmt)).first()
+            if parent is None:
+                raise self._not_found(sid)
+            cut = parent.last_seq if wanted is None else wanted
+            if cut > parent.last_seq:
+                raise InvalidInputError(
+                    f"at_seq {cut} is beyond session {sid}'s last seq {parent.last_seq}"
+                )
+            now = _now()
+            newest = select(func.coalesce(func.max(a_t.c.version), 0)).where(
+                a_t.c.session_id == sid, a_t.c.at_seq <= cut
+            )
+            version = int((await conn.execute(newest)).scalar_one())
+            values = {
+                "id": new_id,
+                "tenant_id": parent.tenant_id,
+                "user_id": user if user is not None else parent.user_id,
+                "agent_id": agent if agent is not None else parent.agent_id,
+                "title": checked_title if title is not None else parent.title,
+                "metadata": encode_document("metadata", parent.metadata, exact_floats=exact),
+                "last_seq": cut,
+                "state_version": version,
+                "created_at": now,
+                "updated_at": now,
+                "parent_session_id": sid,
+                "forked_at_seq": cut,
+            }
+            await conn.execute(insert(s_t), values)
+            for table, order, bound in (
+                (m_t, m_t.c.seq, m_t.c.seq),
+                (a_t, a_t.c.version, a_t.c.at_seq),
+            ):
+                await _copy_rows(
+                    conn,
+                    table,
+                    order,
+                    [table.c.session_id == sid, bound <= cut],
+                    new_id,
+                    batch,
+                    exact,
+                )
+            row = (await conn.execute(select(s_t).where(s_t.c.id == new_id))).one()
+            return _session_record(row)
+
+        return await self._run(work, write=True, action="fork a session")
+
+
+async def _copy_rows(
+    conn: AsyncConnection,
+    table: Table,
+    order: Any,
+    where: list[Any],
+    new_session: uuid.UUID,
+    batch: int,
+    exact: bool,
+) -> None:
+    """Copy rows to ``new_session`` with new ids, a keyset page per round trip."""
+    after: Any = None
+    while True:
+        stmt = select(table).where(*where)
+        if after is not None:
+            stmt = stmt.where(order > after)
+        rows = (await conn.execute(stmt.order_by(order).limit(batch))).mappings().all()
+        if not rows:
+            return
+        copies = []
+        for row in rows:
+            copy = dict(row)
+            copy["id"] = uuid7()
+            copy["session_id"] = new_session
+            for name in ("metadata", "state"):
+                if name in copy:
+                    copy[name] = encode_document(name, copy[name], exact_floats=exact)
+            copies.append(copy)
+        await conn.execute(insert(table), copies)
+        after = rows[-1][order.key]

@@ -6,18 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from ..backend import ReplicaStatus as ReplicaStatus
-from ..backend import Scope as Scope
-from ..backend import _Backend as _Backend
 from ..convert import _state_record
-from ..errors import (
-    NotFoundError,
-)
+from ..errors import NotFoundError
 from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
-from ..validate import (
-    check_limit,
-    require_uuid,
-)
+from ..validate import check_limit, require_uuid
 
 if TYPE_CHECKING:
     import uuid
@@ -29,6 +21,7 @@ if TYPE_CHECKING:
         AgentState,
     )
 
+from . import idempotency
 from .core import StoreCore
 
 _DEFAULT_PAGE = 50
@@ -48,16 +41,21 @@ class StateApi(StoreCore):
         state: Mapping[str, Any],
         *,
         expected_version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> AgentState:
         """Save a new state snapshot as version = previous + 1.
 
         With ``expected_version``, the save happens only if that is still the current version
-        (0 for a session without state); otherwise ``ConflictError``.
+        (0 for a session without state); otherwise ``ConflictError``. With
+        ``idempotency_key``, a retry returns the first call's snapshot and saves nothing.
         """
         sid = require_uuid("session_id", session_id)
         encoded = self._encode("state", state, allow_none=False)
         expected = check_limit("expected_version", expected_version)
-        _, saved = await self._write_turn(sid, [], encoded, expected, "save state")
+        key = idempotency.check_key(idempotency_key)
+        _, saved = await self._write_turn(
+            sid, [], encoded, expected, "save state", key, "save_state"
+        )
         assert saved is not None
         return saved
 

@@ -9,26 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
 
-from ..backend import ReplicaStatus as ReplicaStatus
-from ..backend import Scope as Scope
-from ..backend import _Backend as _Backend
 from ..backend import scope_filter
 from ..convert import _now
-from ..errors import (
-    InvalidInputError,
-)
+from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
 from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
-from ..records import (
-    API_CALL_STATUSES,
-    ApiCall,
-    Usage,
-)
-from ..validate import (
-    check_limit,
-    check_text,
-    coerce_uuid,
-)
+from ..records import API_CALL_STATUSES, ApiCall, Usage
+from ..validate import check_limit, check_text, coerce_uuid
 
 if TYPE_CHECKING:
     import uuid
@@ -36,6 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.sql.elements import ColumnElement
 
+from . import idempotency
 from .core import StoreCore
 
 _DEFAULT_PAGE = 50
@@ -61,11 +49,13 @@ class UsageApi(StoreCore):
         total_tokens: int | None = None,
         error: str | None = None,
         provider: str | None = None,
+        idempotency_key: str | None = None,
     ) -> ApiCall:
         """Record one LLM provider call, in a transaction of its own (failed calls too).
 
         ``status`` is one of success, failed, timeout, rate_limited, cancelled. The session's
         tenant, user and agent are copied onto the row so usage survives session deletion.
+        ``idempotency_key`` is unique per session, or per tenant for calls of no session.
         """
         sid = coerce_uuid("session_id", session_id, optional=True)
         checked_model = check_text("model", model, max_bytes=800)
@@ -95,8 +85,29 @@ class UsageApi(StoreCore):
         provider_name = None if provider is None else check_text("provider", provider)[:50]
         call_id = uuid7()
         now = _now()
+        key = idempotency.check_key(idempotency_key)
+        keyed = None
+        if key is not None:
+            scope = (
+                idempotency.session_scope(sid)
+                if sid is not None
+                else idempotency.tenant_scope(self._scope.tenant_id)
+            )
+            payload = [checked_model, status, latency, tokens, error_text, provider_name]
+            keyed = idempotency.KeyedCall.of(key, scope, "record_api_call", payload)
+
+        async def replay(conn: AsyncConnection) -> ApiCall | None:
+            if keyed is None:
+                return None
+            if sid is not None:
+                await self._require_session(conn, sid)  # never replay across views
+            found = await idempotency.find(conn, keyed)
+            return None if found is None else await idempotency.replay_api_call(conn, keyed, found)
 
         async def work(conn: AsyncConnection) -> ApiCall:
+            replayed = await replay(conn)
+            if replayed is not None:
+                return replayed
             owner: Any = None
             if sid is not None:
                 owner = (
@@ -128,9 +139,26 @@ class UsageApi(StoreCore):
                 created_at=now,
             )
             await conn.execute(insert(c_t), dataclasses.asdict(record))
+            if keyed is not None:
+                await idempotency.remember(
+                    conn,
+                    keyed,
+                    {"api_call": str(call_id)},
+                    session_id=sid,
+                    owner=(tenant, user),
+                )
             return record
 
-        return await self._run(work, write=True, action="record a provider call")
+        try:
+            return await self._run(work, write=True, action="record a provider call")
+        except ConflictError:
+            if keyed is None:
+                raise
+            # Lost the race for the key: the winner's call.
+            replayed = await self._run(replay, write=False, action="record a provider call")
+            if replayed is None:
+                raise
+            return replayed
 
     async def usage(
         self,
