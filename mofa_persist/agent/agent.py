@@ -16,18 +16,19 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from mofa_persist.errors import InvalidInputError, PersistenceError
+from mofa_persist.errors import BackendError, InvalidInputError, PersistenceError
+from mofa_persist.ids import uuid7
 from mofa_persist.validate import check_limit, check_text, encode_document, require_uuid
 
 from .errors import AgentClosedError, ProviderError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
     from types import TracebackType
 
-    from mofa_persist.records import AgentState, Message, Session, Usage
+    from mofa_persist.records import AgentState, Message, RewindResult, Session, Usage
     from mofa_persist.store import Store
 
     from .plugin import PersistencePlugin
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("mofa_persist.agent")
 
 _MAX_MODEL_CHARS = 200
+#: Attempts of a keyed write (a turn, a provider call) before its error reaches the caller.
+_WRITE_ATTEMPTS = 5
+_RETRY_BASE_S = 0.05
+T = TypeVar("T")
 
 
 class LLMAgent:
@@ -185,33 +190,90 @@ class LLMAgent:
             if not isinstance(self.state, dict):
                 raise InvalidInputError(f"agent.state must be a dict, not {type(self.state)}")
             encode_document("state", self.state)
-            session_id = self._session_id
             request = self._request(text)
-            completion = await self._call(session_id, request)
-            items: list[dict[str, Any]] = [
-                {"role": "user", "content": text, "metadata": user_meta},
-                {
-                    "role": "assistant",
-                    "content": completion.content,
-                    "metadata": self._reply_metadata(completion),
-                },
-            ]
-            items.extend(_tool_item(tool) for tool in completion.tool_messages)
-            turn = await self.store.record_turn(
-                session_id, items, state=self.state, expected_version=self._version
-            )
-            self._window.extend(turn.messages)
-            if turn.state is not None:
-                self._version = turn.state.version
-            self.last_completion = completion
-            return completion.content
+            user = {"role": "user", "content": text, "metadata": user_meta}
+            return await self._answer(request, [user])
 
-    def _request(self, text: str) -> list[ChatMessage]:
+    async def regenerate(self) -> str:
+        """Answer the last user message again: the reply after it (and the state saved with
+        that reply) is rewound, a new reply is asked for and stored as the turn's answer."""
+        async with self._lock:
+            self._check_open()
+            last_user = await self._nth_last_user_message(1)
+            if last_user is None:
+                raise InvalidInputError("there is no user message to answer again")
+            await self.store.rewind(self._session_id, last_user.seq)
+            await self._open(await self.store.get_session(self._session_id))
+            request = self._request(None)
+            return await self._answer(request, [])
+
+    async def _answer(self, request: list[ChatMessage], before: list[dict[str, Any]]) -> str:
+        """Ask the provider, then store ``before`` + the reply (+ tool results) and the state
+        as one turn, under one idempotency key: a write whose outcome is unknown is retried
+        with that key, so the turn is stored exactly once."""
+        session_id = self._session_id
+        completion = await self._call(session_id, request)
+        items = [
+            *before,
+            {
+                "role": "assistant",
+                "content": completion.content,
+                "metadata": self._reply_metadata(completion),
+            },
+        ]
+        items.extend(_tool_item(tool) for tool in completion.tool_messages)
+        key = f"turn:{uuid7()}"
+        turn = await self._durably(
+            lambda: self.store.record_turn(
+                session_id,
+                items,
+                state=self.state,
+                expected_version=self._version,
+                idempotency_key=key,
+            )
+        )
+        self._window.extend(turn.messages)
+        if turn.state is not None:
+            self._version = turn.state.version
+        self.last_completion = completion
+        return completion.content
+
+    async def _durably(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a keyed write; retry it while the database fails (its outcome unknown, or not
+        stored). The key makes the retry safe: the write is stored at most once. The error
+        surfaces only when the retry budget is spent."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                return await write()
+            except BackendError:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise
+                logger.warning("a write failed (attempt %d); retrying with its key", attempt)
+                await asyncio.sleep(min(_RETRY_BASE_S * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    async def _nth_last_user_message(self, n: int) -> Message | None:
+        """The ``n``-th newest user message of the session, read backwards a page at a time."""
+        before: int | None = None
+        seen = 0
+        while True:
+            page = await self.store.get_messages(self._session_id, limit=200, before_seq=before)
+            for message in reversed(page):
+                if message.role == "user":
+                    seen += 1
+                    if seen == n:
+                        return message
+            if len(page) < 200:
+                return None
+            before = page[0].seq
+
+    def _request(self, text: str | None) -> list[ChatMessage]:
         request: list[ChatMessage] = []
         if self._system_prompt:
             request.append({"role": "system", "content": self._system_prompt})
         request.extend(to_chat_messages(self._window))
-        request.append({"role": "user", "content": text})
+        if text is not None:
+            request.append({"role": "user", "content": text})
         return request
 
     async def _call(self, session_id: uuid.UUID, request: list[ChatMessage]) -> Completion:
@@ -271,16 +333,20 @@ class LLMAgent:
         total_tokens: int | None = None,
         error: str | None = None,
     ) -> None:
-        await self.store.record_api_call(
-            session_id=session_id,
-            model=(model or self._model)[:_MAX_MODEL_CHARS],
-            status=status,
-            latency_ms=round((time.monotonic() - started) * 1000),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=total_tokens,
-            error=error,
-            provider=self._provider.name,
+        key = f"call:{uuid7()}"
+        await self._durably(
+            lambda: self.store.record_api_call(
+                session_id=session_id,
+                model=(model or self._model)[:_MAX_MODEL_CHARS],
+                status=status,
+                latency_ms=round((time.monotonic() - started) * 1000),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=total_tokens,
+                error=error,
+                provider=self._provider.name,
+                idempotency_key=key,
+            )
         )
 
     def _reply_metadata(self, completion: Completion) -> dict[str, Any]:
@@ -371,6 +437,32 @@ class LLMAgent:
         async with self._lock:
             self._check_open()
             await self._open(await self.store.get_session(sid))
+
+    async def rewind(self, turns: int = 1) -> RewindResult:
+        """Undo the last ``turns`` turns (each from its user message on) with the state saved
+        by them; the agent continues from there."""
+        count = check_limit("turns", turns, optional=False)
+        if not count:
+            raise InvalidInputError("turns must be at least 1")
+        async with self._lock:
+            self._check_open()
+            first = await self._nth_last_user_message(count)
+            if first is None:
+                raise InvalidInputError(f"the session has fewer than {count} turns to rewind")
+            result = await self.store.rewind(self._session_id, first.seq - 1)
+            await self._open(await self.store.get_session(self._session_id))
+            return result
+
+    async def fork_session(
+        self, *, at_seq: int | None = None, title: str | None = None
+    ) -> uuid.UUID:
+        """Branch the current session at ``at_seq`` (default: now) into a new session with
+        the history and state up to there, make it current, and return its id."""
+        async with self._lock:
+            self._check_open()
+            fork = await self.store.fork_session(self._session_id, at_seq=at_seq, title=title)
+            await self._open(fork)
+            return fork.id
 
     async def list_sessions(self, *, limit: int = 100) -> list[Session]:
         """This user's sessions with this agent, read from the database, newest activity first."""
