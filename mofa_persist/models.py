@@ -57,10 +57,10 @@ class SessionRow(Base):
     state_version: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
-    #: A fork remembers where it came from; the parent may be deleted later (then NULL).
-    parent_session_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("sessions.id", ondelete="SET NULL")
-    )
+    #: A fork remembers where it came from. Not a foreign key: the parent may be deleted
+    #: (or not exported with the fork) and the fork still says whose branch it is; erasure
+    #: of the parent's owner clears it.
+    parent_session_id: Mapped[uuid.UUID | None]
     forked_at_seq: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (

@@ -38,13 +38,6 @@ def upgrade() -> None:
     with op.batch_alter_table("sessions") as batch:
         batch.add_column(sa.Column("parent_session_id", sa.Uuid(), nullable=True))
         batch.add_column(sa.Column("forked_at_seq", sa.Integer(), nullable=True))
-        batch.create_foreign_key(
-            op.f("fk_sessions_parent_session_id_sessions"),
-            "sessions",
-            ["parent_session_id"],
-            ["id"],
-            ondelete="SET NULL",
-        )
         batch.create_index(
             op.f("ix_sessions_parent_session_id_updated_at_id"),
             ["parent_session_id", "updated_at", "id"],
@@ -85,8 +78,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("idempotency_keys")
     with op.batch_alter_table("sessions") as batch:
-        # The foreign key first: MySQL keeps the index while a foreign key needs it.
-        batch.drop_constraint(op.f("fk_sessions_parent_session_id_sessions"), type_="foreignkey")
         batch.drop_index(op.f("ix_sessions_parent_session_id_updated_at_id"))
         batch.drop_column("forked_at_seq")
         batch.drop_column("parent_session_id")

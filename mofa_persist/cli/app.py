@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-HELP = "Durable memory for LLM agents: migrations, inspection, export/import, copy, retention."
+HELP = (
+    "Durable memory for LLM agents: migrations, inspection, export/import/copy, retention, erasure."
+)
 
 app = typer.Typer(
     name="mofa-persist",
@@ -71,7 +73,7 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Durable memory for LLM agents: migrations, inspection, export/import, copy, retention."""
+    """Options of ``mofa-persist`` itself; its help text is :data:`HELP`."""
 
 
 # ---------------------------------------------------------------------- output

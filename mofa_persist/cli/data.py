@@ -1,7 +1,8 @@
-"""Data commands: ``export``, ``import``, ``copy`` and ``prune``.
+"""Data commands: ``export``, ``import`` and ``copy``.
 
-Thin shells around :mod:`mofa_persist.transfer`: they parse the selection, open the stores,
-draw a progress bar and report. An export to a file appears only once it is complete.
+Thin shells around :mod:`mofa_persist.transfer`: they parse the selection, open the stores
+(through the ``--tenant`` view, see :mod:`.views`), draw a progress bar and report. An export
+to a file appears only once it is complete.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.text import Text
 
 from .. import transfer
 from ..validate import coerce_uuid
-from .app import Output, app, execute, progress, when
+from .app import Output, app, checked, execute, progress
 from .database import open_store
 from .options import (
     AgentOption,
@@ -32,23 +33,17 @@ from .options import (
     VerboseOption,
     resolve_url,
 )
+from .views import Owners
 
 if TYPE_CHECKING:
     from ..store import Store
 
 
-def _selection(
-    session: str | None,
-    user: str | None,
-    tenant: str | None,
-    agent: str | None = None,
-) -> transfer.Selection:
-    return transfer.Selection(
-        session_id=coerce_uuid("--session", session, optional=True),
-        user_id=coerce_uuid("--user", user, optional=True),
-        tenant_id=coerce_uuid("--tenant", tenant, optional=True),
-        agent_id=coerce_uuid("--agent", agent, optional=True),
-    )
+def _parsed(
+    session: str | None, tenant: str | None, user: str | None, agent: str | None
+) -> tuple[Owners, transfer.Selection]:
+    owners = Owners.parse(tenant, user, agent)
+    return owners, owners.selection(coerce_uuid("--session", session, optional=True))
 
 
 def _counted(counts: transfer.Counts) -> str:
@@ -64,8 +59,9 @@ def _counted(counts: transfer.Counts) -> str:
 @app.command()
 def export(
     session: SessionOption = None,
-    user: UserOption = None,
     tenant: TenantOption = None,
+    user: UserOption = None,
+    agent: AgentOption = None,
     everything: Annotated[bool, typer.Option("--all", help="Every session.")] = False,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")
@@ -77,16 +73,20 @@ def export(
 ) -> None:
     """Export sessions with their messages, states and provider calls as JSON Lines.
 
+    --session, --tenant, --user and --agent combine (AND); --all takes every session.
     Streams in constant memory; the format is in docs/export-format.md.
     """
     output = Output(as_json, verbose)
-    chosen = sum(value is not None for value in (session, user, tenant)) + everything
-    if chosen != 1:
-        raise output.fail("choose exactly one of --session, --user, --tenant or --all", 2)
+    narrowed = any(value is not None for value in (session, tenant, user, agent))
+    if narrowed == everything:
+        raise output.fail(
+            "choose what to export: --all, or any of --session, --tenant, --user, --agent", 2
+        )
+    owners, selection = checked(output, lambda: _parsed(session, tenant, user, agent))
 
     async def work() -> transfer.Counts:
-        selection = _selection(session, user, tenant)
-        async with await open_store(resolve_url(url)) as store:
+        async with await open_store(resolve_url(url)) as root:
+            store = owners.view(root)
             total = await transfer.count_selection(store, selection)
             with progress(output, "exporting", total.total) as advance:
                 if out is None:
@@ -136,6 +136,9 @@ def import_(
     check: Annotated[
         bool, typer.Option("--check", help="Only validate the file; write nothing.")
     ] = False,
+    tenant: TenantOption = None,
+    user: UserOption = None,
+    agent: AgentOption = None,
     batch_size: BatchOption = transfer.DEFAULT_BATCH,
     url: UrlOption = None,
     as_json: JsonOption = False,
@@ -143,12 +146,16 @@ def import_(
 ) -> None:
     """Import an export file: every line is validated first, then each session is written in
     one transaction. Importing the same file twice changes nothing; rows that exist with other
-    content are reported as conflicts and never overwritten."""
+    content are reported as conflicts and never overwritten. With --tenant, a file holding
+    rows outside that view is refused before anything is written."""
     output = Output(as_json, verbose)
+    owners = checked(output, lambda: Owners.parse(tenant, user, agent))
+    checked(output, lambda: owners.need_tenant("import"))
 
     async def work() -> tuple[transfer.Counts, transfer.ImportReport | None]:
         size = file.stat().st_size
-        async with await open_store(resolve_url(url), create=not check) as store:
+        async with await open_store(resolve_url(url), create=not check) as root:
+            store = owners.view(root)
             with progress(output, "validating", size, in_bytes=True) as advance:
                 counts = await transfer.validate_file(store, file, on_bytes=advance)
             if check:
@@ -191,8 +198,8 @@ def copy(
     src_url: Annotated[str, typer.Argument(help="Copy from this database.")],
     dst_url: Annotated[str, typer.Argument(help="To this one (its schema is created).")],
     session: SessionOption = None,
-    user: UserOption = None,
     tenant: TenantOption = None,
+    user: UserOption = None,
     agent: AgentOption = None,
     batch_size: BatchOption = transfer.DEFAULT_BATCH,
     as_json: JsonOption = False,
@@ -201,13 +208,18 @@ def copy(
     """Copy sessions (default: all) with every row between any two backends.
 
     One transaction per session; run it again after an interruption and it resumes, skipping
-    sessions already copied. Ends by verifying counts and a sha256 per session.
+    sessions already copied. Ends by verifying counts and a sha256 per session. --tenant
+    reads and writes through that tenant's view at both ends.
     """
     output = Output(as_json, verbose)
+    owners, selection = checked(output, lambda: _parsed(session, tenant, user, agent))
 
     async def work() -> transfer.CopyReport:
-        selection = _selection(session, user, tenant, agent)
-        async with await open_store(src_url) as src, await open_store(dst_url, create=True) as dst:
+        async with (
+            await open_store(src_url) as src_root,
+            await open_store(dst_url, create=True) as dst_root,
+        ):
+            src, dst = owners.view(src_root), owners.view(dst_root)
             total = await transfer.count_selection(src, selection)
             with progress(output, "copying sessions", total.sessions) as advance:
                 return await transfer.copy_data(
@@ -240,58 +252,3 @@ def _report_copy(output: Output, report: transfer.CopyReport) -> None:
         output.out.print(Text(f"conflict: {line}", style="yellow"))
     for line in report.mismatches:
         output.out.print(Text(f"MISMATCH: {line}", style="red"))
-
-
-# ---------------------------------------------------------------------- prune
-
-
-@app.command()
-def prune(
-    older_than: Annotated[str, typer.Option("--older-than", help="Age cutoff: 30d, 12h, 90m, 2w.")],
-    keep_last: Annotated[
-        int | None,
-        typer.Option(
-            "--keep-last",
-            min=0,
-            help="Prune old MESSAGES instead of sessions, keeping each session's newest N.",
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only report what would be removed.")
-    ] = False,
-    url: UrlOption = None,
-    as_json: JsonOption = False,
-    verbose: VerboseOption = False,
-) -> None:
-    """Retention: delete sessions not updated for --older-than (with their messages and
-    states), or with --keep-last N only their messages older than that beyond the newest N."""
-    output = Output(as_json, verbose)
-
-    async def work() -> transfer.PruneReport:
-        age = transfer.parse_age(older_than)
-        async with await open_store(resolve_url(url)) as store:
-            total = await transfer.count_prune_candidates(
-                store, older_than=age, keep_last=keep_last
-            )
-            with progress(output, "pruning", total) as advance:
-                return await transfer.prune(
-                    store, older_than=age, keep_last=keep_last, dry_run=dry_run, on_batch=advance
-                )
-
-    report = execute(output, work())
-    if output.as_json:
-        output.json(report)
-        return
-    verb = "would remove" if report.dry_run else "removed"
-    cutoff = when(report.cutoff)
-    if report.mode == "sessions":
-        text = (
-            f"{verb} {report.sessions} sessions not updated since {cutoff} UTC, with "
-            f"{report.messages} messages and {report.states} states"
-        )
-    else:
-        text = (
-            f"{verb} {report.messages} messages older than {cutoff} UTC from {report.sessions} "
-            f"sessions, keeping each session's newest {report.keep_last}"
-        )
-    output.out.print(Text(text))

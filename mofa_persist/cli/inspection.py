@@ -1,7 +1,8 @@
 """Read-only commands: ``sessions`` (a page of them), ``show`` (one transcript) and ``stats``.
 
 They open the store without creating or migrating anything, and page through long data so a
-long transcript is never held whole.
+long transcript is never held whole. Each takes ``--tenant``/``--user``/``--agent`` (see
+:mod:`.views`): with ``--tenant`` it reads through that tenant's view only.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from .. import transfer
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, NotFoundError
 from ..transfer.stats import METRICS
-from .app import Output, app, execute, on_store, progress, when
+from .app import Output, app, checked, execute, on_store, progress, when
 from .database import open_store
 from .options import (
     AgentOption,
@@ -29,6 +30,7 @@ from .options import (
     VerboseOption,
     resolve_url,
 )
+from .views import Owners
 
 if TYPE_CHECKING:
     import uuid
@@ -51,12 +53,12 @@ def sessions(
 ) -> None:
     """List sessions, newest activity first, one page at a time."""
     output = Output(as_json, verbose)
+    owners = checked(output, lambda: Owners.parse(tenant, user, agent))
     page = on_store(
         output,
         url,
-        lambda store: store.list_sessions(
-            user_id=user, tenant_id=tenant, agent_id=agent, limit=limit, cursor=cursor
-        ),
+        lambda view: view.list_sessions(**owners.filters(), limit=limit, cursor=cursor),
+        owners,
     )
     if output.as_json:
         output.json({"sessions": page.items, "next_cursor": page.next_cursor})
@@ -98,15 +100,24 @@ def show(
     last: Annotated[
         int | None, typer.Option("--last", min=1, help="Only the newest N messages.")
     ] = None,
+    tenant: TenantOption = None,
+    user: UserOption = None,
+    agent: AgentOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Show a session: its transcript with roles and timestamps, and its latest state."""
+    """Show a session: its transcript with roles and timestamps, and its latest state.
+
+    A session outside --tenant (or not of --user/--agent) is not found, like a missing one.
+    """
     output = Output(as_json, verbose)
+    owners = checked(output, lambda: Owners.parse(tenant, user, agent))
 
     async def work(store: Store) -> None:
         session = await store.get_session(session_id)
+        if not owners.admits(session):  # the same answer as for an id that does not exist
+            raise NotFoundError(f"session {session.id} not found")
         state = await store.load_state(session.id)
         if output.as_json:
             messages = await store.get_messages(session.id, limit=last)
@@ -122,7 +133,7 @@ def show(
                 after = page[-1].seq
         _print_state(output, state)
 
-    on_store(output, url, work)
+    on_store(output, url, work, owners)
 
 
 def _print_session(output: Output, session: Any) -> None:
@@ -167,18 +178,24 @@ def stats(
         str | None,
         typer.Option("--since", help="Only rows created since: an age (7d, 12h) or a date."),
     ] = None,
+    tenant: TenantOption = None,
+    user: UserOption = None,
+    agent: AgentOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Sessions, messages, states, provider calls and tokens, by tenant and by day (UTC)."""
     output = Output(as_json, verbose)
+    owners = checked(output, lambda: Owners.parse(tenant, user, agent))
+    start = checked(output, lambda: parse_since(since))
 
     async def work() -> transfer.Stats:
-        start = parse_since(since)
         async with await open_store(resolve_url(url)) as store:
             with progress(output, "collecting stats", None):
-                return await transfer.collect_stats(store, since=start)
+                return await transfer.collect_stats(
+                    owners.view(store), since=start, selection=owners.selection()
+                )
 
     result = execute(output, work())
     if output.as_json:

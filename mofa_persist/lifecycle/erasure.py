@@ -119,6 +119,7 @@ async def erase(
     counts: dict[str, int] = {}
     owned_sessions = [s_t.c[column] == subject, *scope_filter(scope)]
     of_sessions = select(s_t.c.id).where(*owned_sessions)
+    await _forget_parents(store, of_sessions)
     for table in personal_tables():
         where: list[ColumnElement[bool]]
         if table is s_t:
@@ -137,6 +138,23 @@ async def erase(
     finished = Erasure(record.id, kind, record.subject_hash, counts, record.started_at, _now())
     await _finish_audit(store, finished)
     return finished
+
+
+async def _forget_parents(store: StoreCore, erased: Any) -> None:
+    """Forks of the erased sessions (owned by someone else) forget where they came from."""
+
+    async def work(conn: AsyncConnection) -> None:
+        # The ids first: MySQL cannot update a table while selecting from it.
+        ids = list((await conn.execute(erased)).scalars())
+        for start in range(0, len(ids), 500):
+            stmt = (
+                update(s_t)
+                .where(s_t.c.parent_session_id.in_(ids[start : start + 500]))
+                .values(parent_session_id=None, forked_at_seq=None)
+            )
+            await conn.execute(stmt)
+
+    await store._run(work, write=True, action="erase fork references")
 
 
 async def _write_audit(store: StoreCore, record: Erasure, tenant_hash: str | None) -> None:

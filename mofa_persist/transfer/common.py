@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from ..store import Store
 
 FORMAT_NAME: Final = "mofa-persist"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+#: Version 1 files (before forks and ``at_seq``) still import; see lines.ADDED_IN_V2.
+READABLE_VERSIONS: Final = (1, 2)
 DEFAULT_BATCH: Final = 1000
 
 Kind = Literal["session", "message", "state", "api_call"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidInputError
 from ..records import API_CALL_STATUSES
 from ..validate import check_role, check_text, check_title, encode_document
-from .common import FORMAT_NAME, FORMAT_VERSION, Counts, Kind
+from .common import FORMAT_NAME, READABLE_VERSIONS, Counts, Kind
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -129,6 +129,8 @@ FIELDS: dict[Kind, dict[str, FieldCheck]] = {
         "state_version": _count,
         "created_at": _time,
         "updated_at": _time,
+        "parent_session_id": _optional_uuid,
+        "forked_at_seq": _optional_count,
     },
     "message": {
         "id": _uuid,
@@ -145,6 +147,7 @@ FIELDS: dict[Kind, dict[str, FieldCheck]] = {
         "version": _ordinal,
         "state": _document,
         "created_at": _time,
+        "at_seq": _count,
     },
     "api_call": {
         "id": _uuid,
@@ -162,6 +165,14 @@ FIELDS: dict[Kind, dict[str, FieldCheck]] = {
         "error": _optional_text,
         "created_at": _time,
     },
+}
+
+
+#: Fields added in format version 2, and what a version 1 file means by leaving them out:
+#: not a fork, and a snapshot of unknown position (0: a rewind to any point keeps it).
+ADDED_IN_V2: dict[str, dict[str, object]] = {
+    "session": {"parent_session_id": None, "forked_at_seq": None},
+    "state": {"at_seq": 0},
 }
 
 
@@ -215,6 +226,8 @@ def _parse(number: int, raw: bytes, exact_floats: bool) -> Line:
             f"unknown type {kind!r}; expected header, session, message, state, api_call or end"
         )
     checks = FIELDS[kind]
+    for name, default in ADDED_IN_V2.get(kind, {}).items():
+        record.setdefault(name, default)
     missing = [name for name in checks if name not in record]
     unknown = sorted(set(record) - set(checks))
     if missing or unknown:
@@ -235,10 +248,10 @@ def check_header(number: int, raw: bytes) -> None:
         raise InvalidInputError(
             f"line {number}: not a {FORMAT_NAME} export (the first line must be its header)"
         )
-    if header.get("version") != FORMAT_VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise InvalidInputError(
             f"line {number}: format version {header.get('version')!r} is not supported "
-            f"(this mofa-persist reads version {FORMAT_VERSION})"
+            f"(this mofa-persist reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
 
 
