@@ -1,12 +1,15 @@
 """One ``AsyncEngine`` per store, configured per backend.
 
 Backend differences that the engine can absorb live here, in one place: connect timeouts, pool
-pre-ping, MySQL's isolation level, SQLite's pragmas and explicit ``BEGIN IMMEDIATE``, and
-connecting to the first ready node of a cluster when a URL names several.
+pre-ping, MySQL's isolation level, SQLite's pragmas and explicit ``BEGIN IMMEDIATE``, libpq's
+TLS settings in asyncpg's terms, and connecting to the first ready node of a cluster when a
+URL names several.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -14,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event, exc, pool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from .errors import InvalidInputError
 from .validate import decode_document, serialize_for_engine
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
 
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
-    from .urls import DatabaseUrl
+    from .urls import DatabaseUrl, TlsSettings
 
 #: Execution option that marks a SQLite transaction read-only: it starts with a plain
 #: ``BEGIN`` instead of ``BEGIN IMMEDIATE`` and so does not take the write lock.
@@ -71,6 +75,9 @@ def create_engine(
             "timeout": connect_timeout,
             "server_settings": {"application_name": "mofa-persist"},
         }
+        if url.tls is not None:
+            # In connect_args, so a cluster's connect (below) uses it for every node.
+            options["connect_args"]["ssl"] = tls_argument(url.tls)
     elif url.kind == "mysql":
         options["connect_args"] = {"connect_timeout": max(1, round(connect_timeout))}
         # READ COMMITTED avoids InnoDB gap locks on the messages unique index, which under
@@ -109,6 +116,54 @@ def create_engine(
             engine, url, busy_timeout_s=connect_timeout, foreign_keys=enforce_foreign_keys
         )
     return engine
+
+
+def tls_argument(tls: TlsSettings) -> ssl.SSLContext | str:
+    """asyncpg's ``ssl=`` for libpq's settings: a mode name, or a context for the strict modes.
+
+    asyncpg reads ``sslrootcert`` and the client files only from a DSN or the environment, so
+    for ``require`` and the ``verify-*`` modes the context is built here; asyncpg treats any
+    context as "TLS required", which is what these modes mean. ``verify-ca`` checks the chain
+    only, ``verify-full`` the host name too; without ``sslrootcert`` (or with
+    ``sslrootcert=system``) they trust the system's CAs. ``require`` with a ``sslrootcert``
+    checks the chain, as libpq does. Files are read now, so a missing or unreadable one is an
+    ``InvalidInputError`` before any connection is tried.
+    """
+    if tls.mode in ("disable", "allow", "prefer"):
+        return tls.mode  # asyncpg implements these (and the plain-text fallback) itself
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = tls.mode == "verify-full"
+    if tls.mode == "require" and tls.rootcert is None:
+        context.verify_mode = ssl.CERT_NONE
+    elif tls.rootcert in (None, "system"):
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        with _reading("sslrootcert", tls.rootcert):
+            context.load_verify_locations(cafile=tls.rootcert)
+    if tls.cert is not None:
+        # A callback even without sslpassword: with none, OpenSSL would prompt on the terminal
+        # for an encrypted key's passphrase and block the process.
+        passphrase = tls.password or ""
+        files = tls.cert if tls.key is None else f"{tls.cert}, {tls.key}"
+        hint = "a wrong or missing sslpassword, or a key that does not match the certificate"
+        with _reading("sslcert/sslkey", files, hint):
+            context.load_cert_chain(tls.cert, keyfile=tls.key, password=lambda: passphrase)
+    return context
+
+
+@contextlib.contextmanager
+def _reading(setting: str, path: str, hint: str = "") -> Iterator[None]:
+    """Turn a failure to load a TLS file into an ``InvalidInputError`` naming the setting."""
+    try:
+        yield
+    except OSError as error:  # ssl.SSLError is one too
+        reason = error.strerror or str(error) or type(error).__name__
+        if hint and isinstance(error, ssl.SSLError):
+            reason = f"{reason} ({hint})"
+        raise InvalidInputError(
+            f"cannot use {setting} {path!r} of the postgresql URL: {reason}"
+        ) from error
 
 
 def _ping_idle_connections(engine: AsyncEngine) -> None:
