@@ -74,7 +74,12 @@ async def apply_retention(
     owned = scope_filter(store.scope)  # the view, on the sessions table
     run = _Run(store, owned, batch_size, dry_run, on_progress, counts)
     if policy.idle_session_age is not None:
-        await run.idle_sessions(ran_at - policy.idle_session_age)
+        idle_cutoff = ran_at - policy.idle_session_age
+        await run.idle_sessions(idle_cutoff)
+        if dry_run:
+            # A real run has deleted the idle sessions by now: the rules below must not
+            # count their messages and states a second time.
+            run.owned = [*owned, s_t.c.updated_at >= idle_cutoff]
     if policy.message_age is not None or policy.messages_per_session is not None:
         cutoff = None if policy.message_age is None else ran_at - policy.message_age
         await run.messages(cutoff, policy.messages_per_session)
