@@ -63,5 +63,7 @@ def _turn_records(
                 _loads(item.metadata), now)
         for offset, (message_id, item) in enumerate(zip(ids, items, strict=True))
     ]  # fmt: skip
-    saved = None if state is None else AgentState(state_id, sid, version, _loads(state), now)
+    saved = (
+        None if state is None else AgentState(state_id, sid, version, _loads(state), now, last_seq)
+    )
     return stored, saved

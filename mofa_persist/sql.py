@@ -14,28 +14,32 @@ from __future__ import annotations
 import functools
 import json
 import uuid
+import weakref
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import InvalidInputError
 from .records import Message, Session
 from .validate import decode_document
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 T = TypeVar("T")
 
 #: Columns in record field order, so ``Record(*row)`` needs no name lookup.
 SESSION_COLUMNS = (
     "id, user_id, tenant_id, agent_id, title, metadata, created_at, updated_at, "
-    "last_seq, state_version"
+    "last_seq, state_version, parent_session_id, forked_at_seq"
 )
 MESSAGE_COLUMNS = "id, session_id, seq, role, content, metadata, created_at"
 _INSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, seq, role, content, metadata, created_at) VALUES "
 )
-_INSERT_STATE = "INSERT INTO agent_state (id, session_id, version, state, created_at) VALUES "
+_INSERT_STATE = (
+    "INSERT INTO agent_state (id, session_id, version, state, created_at, at_seq) VALUES "
+)
 
 
 _new_object = object.__new__
@@ -140,7 +144,7 @@ def insert_message_sql(style: str) -> str:
 @functools.cache
 def insert_state_sql(style: str) -> str:
     mark = _Marks(style)
-    return _INSERT_STATE + "(" + ", ".join(mark() for _ in range(5)) + ")"
+    return _INSERT_STATE + "(" + ", ".join(mark() for _ in range(6)) + ")"
 
 
 @functools.cache
@@ -179,6 +183,109 @@ def bump_params(packed: bool, now: Any, messages: int, states: int) -> list[Any]
 def unpack_counters(packed: int) -> tuple[int, int]:
     """(last_seq, state_version) from the LAST_INSERT_ID value of a packed bump."""
     return packed >> 32, packed & 0xFFFFFFFF
+
+
+# -- MySQL statements and max_allowed_packet
+#
+# pymysql sends each statement as text, values escaped into quoted literals, and the server
+# refuses a statement longer than its max_allowed_packet (16 MiB by default on MariaDB) with
+# error 1153 and drops the connection. Escaping doubles ``\``, ``'``, newlines and a few
+# more, so a 12 MiB value can take 24 MiB. A row that would not fit gets its large values
+# built first in user variables, from hex pieces that each fit (:func:`staging_statements`),
+# and its INSERT names the variables; all in the write's own transaction.
+
+#: A row whose values total at most this many characters is sent as is, unmeasured: at no
+#: more than 4 bytes a character in a literal (UTF-8, or two per escaped ASCII character), its
+#: INSERT stays under the 1,024,000 bytes at which aiomysql cuts executemany batches, and so
+#: under any max_allowed_packet of at least 1 MiB (the smallest default any MySQL ever had).
+FAST_CHARS = 250_000
+#: Room in a statement for all but its large values: SQL text, ids, role, timestamps.
+STATEMENT_SLACK = 2048
+#: aiomysql's executemany cuts multi-row INSERTs at this many bytes (Cursor.max_stmt_length).
+BATCH_BYTES = 1_024_000
+#: pymysql writes each of these as two bytes in a literal (with NO_BACKSLASH_ESCAPES only
+#: the quote is doubled: counting them all is an upper bound then).
+_ESCAPED = "\\'\"\n\r\x1a\x00"
+
+
+def literal_size(text: str) -> int:
+    """At most how many bytes ``text`` takes as a quoted literal in a MySQL statement."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    return size + sum(text.count(char) for char in _ESCAPED) + 2
+
+
+def packet_refusal(name: str, size: int, packet: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"{name} is {size} bytes in UTF-8, more than this MySQL server can take in one value: "
+        f"its max_allowed_packet is {packet} bytes (less {STATEMENT_SLACK} for the statement); "
+        "raise max_allowed_packet on the server or store less"
+    )
+
+
+def plan_row(names: Sequence[str], values: Sequence[str], packet: int) -> tuple[bool, ...]:
+    """Which of one row's large ``values`` to stage so that its INSERT fits in ``packet``.
+
+    The largest go first, until the rest fits. A value is refused (``InvalidInputError``,
+    before anything is written) when even staged it would not fit: the server builds it
+    with CONCAT, whose result may not exceed max_allowed_packet either.
+    """
+    budget = packet - STATEMENT_SLACK
+    for name, value in zip(names, values, strict=True):
+        size = len(value) if value.isascii() else len(value.encode("utf-8"))
+        if size > budget:
+            raise packet_refusal(name, size, packet)
+    sizes = [literal_size(value) for value in values]
+    staged = [False] * len(values)
+    total = sum(sizes)
+    for index in sorted(range(len(values)), key=sizes.__getitem__, reverse=True):
+        if total <= budget:
+            break
+        staged[index] = True
+        total -= sizes[index]
+    return tuple(staged)
+
+
+def chunk_bytes(packet: int) -> int:
+    """Bytes of a value that one staging statement carries: as X'..' each takes two."""
+    return max(1, (packet - STATEMENT_SLACK) // 2)
+
+
+def staging_statements(variable: str, data: bytes, packet: int) -> Iterator[str]:
+    """Statements that build ``data`` in ``@variable``, each within ``packet``.
+
+    Hex pieces cost exactly two bytes a byte whatever the text holds, and the variable is a
+    binary string, so a piece may end inside a UTF-8 character: only the whole value is
+    converted back to text (:func:`staged_value`).
+    """
+    step = chunk_bytes(packet)
+    yield f"SET @{variable} = X'{data[:step].hex()}'"
+    for start in range(step, len(data), step):
+        yield f"SET @{variable} = CONCAT(@{variable}, X'{data[start : start + step].hex()}')"
+
+
+def stage_variable(index: int) -> str:
+    """The user variable that holds a statement's ``index``-th staged value."""
+    return f"mofa_stage_{index}"
+
+
+@functools.cache
+def unstage_sql(count: int) -> str:
+    """Frees ``count`` staged values, which would otherwise stay in the pooled connection."""
+    return "SET " + ", ".join(f"@{stage_variable(index)} = NULL" for index in range(count))
+
+
+def staged_value(variable: str) -> str:
+    """The SQL of a staged value, as text of the connection's character set."""
+    return f"CONVERT(@{variable} USING utf8mb4)"
+
+
+@functools.cache
+def staged_insert_sql(table: str, values: tuple[str | None, ...]) -> str:
+    """INSERT of a row of ``table`` (messages or agent_state), ``%s`` for each ``None`` in
+    ``values`` and the staged value of the variable named otherwise."""
+    prefix = {"messages": _INSERT_MESSAGE, "agent_state": _INSERT_STATE}[table]
+    marks = ("%s" if name is None else staged_value(name) for name in values)
+    return prefix + "(" + ", ".join(marks) + ")"
 
 
 class Lane:
@@ -237,6 +344,8 @@ class Lane:
                 time_out(r[7]),
                 r[8],
                 r[9],
+                None if r[10] is None else uuid_out(r[10]),
+                r[11],
             )
             for r in rows
         ]
@@ -281,6 +390,24 @@ class MySqlLane(Lane):
     # The connection is not in autocommit mode: even a SELECT opens a transaction to end.
     autocommit_reads = False
 
+    def __init__(self) -> None:
+        # Per driver connection: the session value is fixed when the connection is made.
+        self._packets: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+    async def max_packet(self, db: Any) -> int:
+        """The connection's max_allowed_packet, asked once per connection."""
+        packet = self._packets.get(db)
+        if packet is None:
+            rows = await self.fetch(db, "SELECT @@max_allowed_packet", ())
+            packet = self._packets[db] = int(rows[0][0])
+        return packet
+
+    async def stage(self, db: Any, variable: str, data: bytes, packet: int) -> None:
+        """Build ``data`` in ``@variable`` (see :func:`staging_statements`)."""
+        async with db.cursor() as cursor:
+            for statement in staging_statements(variable, data, packet):
+                await cursor.execute(statement)  # no parameters: nothing to escape
+
     def time_in(self, value: datetime) -> Any:
         return value.astimezone(UTC).replace(tzinfo=None)  # DATETIME(6) holds the UTC wall clock
 
@@ -299,9 +426,14 @@ class MySqlLane(Lane):
             await cursor.execute(sql, params)
             return int(cursor.lastrowid or 0)
 
-    async def execute_many(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        # aiomysql rewrites INSERT ... VALUES into multi-row statements: one round trip.
+    async def execute_many(
+        self, db: Any, sql: str, rows: Sequence[Sequence[Any]], max_bytes: int = BATCH_BYTES
+    ) -> None:
+        # aiomysql rewrites INSERT ... VALUES into multi-row statements of at most max_bytes
+        # (more only for a single row): one round trip for ordinary batches.
         async with db.cursor() as cursor:
+            if max_bytes < BATCH_BYTES:
+                cursor.max_stmt_length = max_bytes
             await cursor.executemany(sql, rows)
 
     async def begin(self, db: Any, write: bool) -> None:
@@ -396,7 +528,9 @@ def sqlite_write(
                 [(m[0], m[1], first + i, m[2], m[3], m[4], m[5]) for i, m in enumerate(messages)],
             )
         if state is not None:
-            conn.execute(insert_state_sql("?"), (state[0], state[1], version, state[2], state[3]))
+            conn.execute(
+                insert_state_sql("?"), (state[0], state[1], version, state[2], state[3], last_seq)
+            )
         conn.commit()
     except BaseException:
         conn.rollback()

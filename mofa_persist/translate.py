@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import exc as sa_exc
 
-from .errors import BackendError, PersistenceError
+from .errors import BackendError, InvalidInputError, PersistenceError
 
 if TYPE_CHECKING:
     from .urls import DatabaseUrl
@@ -23,6 +23,7 @@ class Failure(enum.Enum):
     FOREIGN_KEY = "foreign_key"
     RETRYABLE = "retryable"  # deadlock, serialization failure, lock timeout, SQLite busy
     CONNECTION = "connection"  # the connection is gone or could not be made
+    TOO_LARGE = "too_large"  # a statement or value larger than MySQL's max_allowed_packet
     OTHER = "other"
 
 
@@ -50,6 +51,10 @@ _MYSQL_ERRNOS = {
     2013: Failure.CONNECTION,  # lost connection during query
     2055: Failure.CONNECTION,
 }
+#: ER_NET_PACKET_TOO_LARGE (SQLSTATE 08S01, a "communication" state, though the server is
+#: fine: it refused the statement, then closed the connection) and
+#: ER_WARN_ALLOWED_PACKET_OVERFLOWED (a function result over max_allowed_packet).
+_MYSQL_PACKET_ERRNOS = frozenset({1153, 1301})
 _SQLITE_CODES = {
     sqlite3.SQLITE_BUSY: Failure.RETRYABLE,
     sqlite3.SQLITE_LOCKED: Failure.RETRYABLE,
@@ -69,8 +74,27 @@ def _driver_error(error: BaseException) -> BaseException:
     return error
 
 
+def _packet_error(error: BaseException) -> bool:
+    """Whether ``error``, or what it was raised from or while handling (a lost connection
+    after the server refused a packet), is a MySQL max_allowed_packet error."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen or len(seen) > 10:
+            continue
+        seen.add(id(current))
+        args = getattr(current, "args", ())
+        if args and isinstance(args[0], int) and args[0] in _MYSQL_PACKET_ERRNOS:
+            return True
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False
+
+
 def classify(error: BaseException) -> Failure:
     """What kind of failure ``error`` is, judged by the driver's code."""
+    if _packet_error(error):
+        return Failure.TOO_LARGE  # before the SQLSTATE and lost-connection checks: see above
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return Failure.CONNECTION
     driver = _driver_error(error)
@@ -132,6 +156,13 @@ def to_backend_error(
         return error
     where = url.display if url.kind in ("sqlite", "memory") else f"{url.host}/{url.database}"
     kind = classify(error)
+    if kind is Failure.TOO_LARGE:
+        # The server refused the statement: the transaction is rolled back, nothing written.
+        return InvalidInputError(
+            f"the {url.kind} server at {where} refused to {action}: a value is too large for "
+            f"its max_allowed_packet; store less or raise max_allowed_packet on the server "
+            f"({describe(error, url)})"
+        )
     unknown = committing and kind in (Failure.CONNECTION, Failure.OTHER)
     outcome = ", which may or may not have been committed" if unknown else ""
     if kind is Failure.CONNECTION:

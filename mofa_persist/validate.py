@@ -17,7 +17,8 @@ from .errors import InvalidInputError
 from .records import ROLES
 
 #: Largest message content and JSON document, in UTF-8 bytes. MariaDB's default
-#: max_allowed_packet (16 MiB) must hold one row, so the limit stays below it.
+#: max_allowed_packet (16 MiB) must hold each value whole, so the limit stays below it; a
+#: row that escaping makes larger than a packet is sent in pieces (sql.plan_row).
 MAX_TEXT_BYTES = 12 * 1024 * 1024
 #: Deepest nesting of a JSON document, counting the top-level object as 1. MariaDB's JSON
 #: check refuses documents nested 32 levels deep; we refuse earlier, the same on every backend.

@@ -5,14 +5,18 @@ messages and the state, in one transaction, per dialect.
 run :mod:`mofa_persist.sql` statements on the driver connection: ``lean_write`` (MySQL and
 SQLite), ``sqlite_write`` (SQLite in one hop to aiosqlite's thread) and ``pg_write``
 (PostgreSQL, the whole turn as one statement).
+
+On MySQL a row too large for one max_allowed_packet once escaped is written in pieces
+(:class:`PacketPlan`, ``execute_fitted`` for Core statements); ordinary rows never pay for it.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, literal_column, select, update
 
 from . import sql
 from .backend import Scope, _Backend, scope_params, scope_shape, session_filter
@@ -27,8 +31,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
+    from sqlalchemy import CursorResult, Table
     from sqlalchemy.ext.asyncio import AsyncConnection
+    from sqlalchemy.sql.dml import ValuesBase
 
+    from .sql import MySqlLane
     from .validate import EncodedJSON
 
 s_t = sessions_table
@@ -54,6 +61,11 @@ async def core_write(
     now = _now()
     ids = [uuid7() for _ in items]
     state_id = None if state is None else uuid7()
+    plan = None
+    if isinstance(backend.lane, sql.MySqlLane) and oversized(items, state):
+        # Keyed writes come here on MySQL too: see lean_write.
+        db = (await conn.get_raw_connection()).driver_connection
+        plan = await PacketPlan.make(backend.lane, db, items, state)
     last_seq, version = await bump(
         backend, scope, conn, sid, count, state is not None, expected_version, now
     )
@@ -70,31 +82,36 @@ async def core_write(
         )
         for offset, (message_id, item) in enumerate(zip(ids, items, strict=True))
     ]
-    if stored:
-        rows = [
-            {
-                "id": message.id,
-                "session_id": sid,
-                "seq": message.seq,
-                "role": message.role,
-                "content": message.content,
-                "metadata": item.metadata,
-                "created_at": now,
-            }
-            for message, item in zip(stored, items, strict=True)
-        ]
-        await conn.execute(insert(m_t), rows)
-    saved = None
+    rows = [
+        {
+            "id": message.id,
+            "session_id": sid,
+            "seq": message.seq,
+            "role": message.role,
+            "content": message.content,
+            "metadata": item.metadata,
+            "created_at": now,
+        }
+        for message, item in zip(stored, items, strict=True)
+    ]
+    saved = state_row = None
     if state is not None:
         assert state_id is not None
-        saved = AgentState(state_id, sid, version, _loads(state), now)
+        saved = AgentState(state_id, sid, version, _loads(state), now, last_seq)
         state_row = {
             "id": state_id,
             "session_id": sid,
             "version": version,
             "state": state,
             "created_at": now,
+            "at_seq": last_seq,
         }
+    if plan is not None:
+        await plan.insert_core(conn, rows, state_row)
+        return stored, saved
+    if rows:
+        await conn.execute(insert(m_t), rows)
+    if state_row is not None:
         await conn.execute(insert(a_t), state_row)
     return stored, saved
 
@@ -121,6 +138,13 @@ async def lean_write(
         return _turn_records(sid, items, ids, state, state_id, pg_counters, now)
     counters: tuple[int, int] | None
     packed = not backend.update_returning  # MySQL/MariaDB: see sql.bump_sql
+    # MySQL: a row too large for one packet is planned before the bump, so a value that
+    # cannot be stored at all is refused before anything is written.
+    plan = (
+        await PacketPlan.make(lane, db, items, state)
+        if packed and oversized(items, state)
+        else None
+    )
     bump, params = bump_statement(
         backend, scope, sid, len(items), state, expected_version, now, packed
     )
@@ -139,14 +163,189 @@ async def lean_write(
          str(item.metadata), stamp)
         for message, item in zip(stored, items, strict=True)
     ]  # fmt: skip
+    state_row = None
+    if saved is not None:
+        state_row = (lane.uuid_in(state_id), key, saved.version, str(state), stamp, saved.at_seq)
+    if plan is not None:
+        await plan.insert(db, rows, state_row)
+        return stored, saved
     if len(rows) == 1:
         await lane.execute(db, sql.insert_message_sql(lane.style), rows[0])
     elif rows:
         await lane.execute_many(db, sql.insert_message_sql(lane.style), rows)
-    if saved is not None:
-        state_row = (lane.uuid_in(state_id), key, saved.version, str(state), stamp)
+    if state_row is not None:
         await lane.execute(db, sql.insert_state_sql(lane.style), state_row)
     return stored, saved
+
+
+def oversized(items: Sequence[_NewMessage], state: EncodedJSON | None) -> bool:
+    """Whether a row of this turn may not fit in one MySQL packet (see sql.FAST_CHARS):
+    a few ``len`` calls, all that the large-value path costs an ordinary write."""
+    limit = sql.FAST_CHARS
+    if state is not None and len(state) > limit:
+        return True
+    for item in items:  # noqa: SIM110  (a loop costs a third of any() over a generator)
+        if len(item.content) + len(item.metadata) > limit:
+            return True
+    return False
+
+
+@dataclass(slots=True)
+class PacketPlan:
+    """How one MySQL turn writes rows too large for max_allowed_packet once escaped.
+
+    ``messages`` says per message whether its content and its metadata are staged in user
+    variables (:func:`sql.staging_statements`), ``state`` the same for the state document;
+    the rows that fit go as usual, in batches cut to the packet. Everything runs in the
+    turn's transaction, so a failure part way leaves nothing behind.
+    """
+
+    lane: MySqlLane
+    packet: int
+    messages: list[tuple[bool, ...]]
+    state: bool
+
+    @classmethod
+    async def make(
+        cls, lane: sql.Lane, db: Any, items: Sequence[_NewMessage], state: EncodedJSON | None
+    ) -> PacketPlan:
+        """Plan the turn for ``db``'s max_allowed_packet; refuses what can never fit."""
+        assert isinstance(lane, sql.MySqlLane)  # the packed bump is MySQL's
+        packet = await lane.max_packet(db)
+        messages = [
+            sql.plan_row(
+                (f"messages[{index}].content", f"messages[{index}].metadata"),
+                (item.content, item.metadata),
+                packet,
+            )
+            for index, item in enumerate(items)
+        ]
+        staged_state = state is not None and sql.plan_row(("state",), (state,), packet)[0]
+        return cls(lane, packet, messages, staged_state)
+
+    async def insert(
+        self, db: Any, rows: Sequence[tuple[Any, ...]], state_row: tuple[Any, ...] | None
+    ) -> None:
+        """Insert the message rows and the state row as lean_write built them."""
+        lane = self.lane
+        plain = [row for row, staged in zip(rows, self.messages, strict=True) if not any(staged)]
+        if plain:
+            batch = min(sql.BATCH_BYTES, self.packet - sql.STATEMENT_SLACK)
+            await lane.execute_many(db, sql.insert_message_sql(lane.style), plain, batch)
+        staged_count = 0
+        for row, (content, metadata) in zip(rows, self.messages, strict=True):
+            if content or metadata:
+                # (id, session, seq, role, content, metadata, created_at)
+                flags = (False, False, False, False, content, metadata, False)
+                staged_count = max(staged_count, await self._insert(db, "messages", row, flags))
+        if state_row is not None:
+            if self.state:
+                # (id, session, version, state, created_at, at_seq)
+                state_flags = (False, False, False, True, False, False)
+                used = await self._insert(db, "agent_state", state_row, state_flags)
+                staged_count = max(staged_count, used)
+            else:
+                await lane.execute(db, sql.insert_state_sql(lane.style), state_row)
+        if staged_count:
+            await lane.execute(db, sql.unstage_sql(staged_count), ())
+
+    async def insert_core(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], state_row: dict[str, Any] | None
+    ) -> None:
+        """:meth:`insert` through SQLAlchemy Core, for rows as core_write built them."""
+        plain = [row for row, staged in zip(rows, self.messages, strict=True) if not any(staged)]
+        if plain:
+            await conn.execute(insert(m_t), plain)
+        used = 0
+        for row, staged in zip(rows, self.messages, strict=True):
+            names = [n for n, flag in zip(("content", "metadata"), staged, strict=True) if flag]
+            if names:
+                fitted = await _stage_core(conn, self.packet, row, names)
+                await conn.execute(insert(m_t).values(fitted))
+                used = max(used, len(names))
+        if state_row is not None:
+            if self.state:
+                fitted = await _stage_core(conn, self.packet, state_row, ["state"])
+                await conn.execute(insert(a_t).values(fitted))
+                used = max(used, 1)
+            else:
+                await conn.execute(insert(a_t), state_row)
+        if used:
+            await conn.exec_driver_sql(sql.unstage_sql(used))
+
+    async def _insert(
+        self, db: Any, table: str, row: tuple[Any, ...], staged: tuple[bool, ...]
+    ) -> int:
+        """Insert ``row`` with the values flagged in ``staged`` built in user variables
+        first; returns how many variables it used."""
+        names: list[str | None] = []
+        params = []
+        used = 0
+        for value, flag in zip(row, staged, strict=True):
+            if flag:
+                name = sql.stage_variable(used)
+                used += 1
+                await self.lane.stage(db, name, value.encode("utf-8"), self.packet)
+                names.append(name)
+            else:
+                names.append(None)
+                params.append(value)
+        await self.lane.execute(db, sql.staged_insert_sql(table, tuple(names)), params)
+        return used
+
+
+async def execute_fitted(
+    backend: _Backend, conn: AsyncConnection, statement: ValuesBase, values: dict[str, Any]
+) -> CursorResult[Any]:
+    """``conn.execute(statement, values)`` for a one-row INSERT or UPDATE through Core,
+    with any str value too large for one MySQL packet staged first (as in
+    :class:`PacketPlan`). Elsewhere, and for values that fit unmeasured, it is that call.
+    """
+    lane = backend.lane
+    if not isinstance(lane, sql.MySqlLane) or not _large_row(values):
+        return await conn.execute(statement, values)
+    texts = [name for name, value in values.items() if isinstance(value, str)]
+    packet = await lane.max_packet((await conn.get_raw_connection()).driver_connection)
+    flags = sql.plan_row(texts, [values[name] for name in texts], packet)
+    staged = [name for name, flag in zip(texts, flags, strict=True) if flag]
+    if not staged:
+        return await conn.execute(statement, values)
+    result = await conn.execute(statement.values(await _stage_core(conn, packet, values, staged)))
+    await conn.exec_driver_sql(sql.unstage_sql(len(staged)))
+    return result
+
+
+async def insert_rows(
+    backend: _Backend, conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]
+) -> None:
+    """``conn.execute(insert(table), rows)``, except that on MySQL a row too large for one
+    packet goes alone through :func:`execute_fitted` (copies of rows: forks, imports)."""
+    plain, large = list(rows), []
+    if isinstance(backend.lane, sql.MySqlLane):
+        plain = [row for row in rows if not _large_row(row)]
+        large = [row for row in rows if _large_row(row)]
+    if plain:
+        await conn.execute(insert(table), plain)
+    for row in large:
+        await execute_fitted(backend, conn, insert(table), row)
+
+
+def _large_row(values: dict[str, Any]) -> bool:
+    """Whether a row's INSERT may not fit in one MySQL packet (see sql.FAST_CHARS)."""
+    return sum(len(value) for value in values.values() if isinstance(value, str)) > sql.FAST_CHARS
+
+
+async def _stage_core(
+    conn: AsyncConnection, packet: int, values: dict[str, Any], staged: Sequence[str]
+) -> dict[str, Any]:
+    """Build the ``staged`` values in user variables; ``values`` with those named instead."""
+    fitted = dict(values)
+    for index, name in enumerate(staged):
+        variable = sql.stage_variable(index)
+        for text in sql.staging_statements(variable, values[name].encode("utf-8"), packet):
+            await conn.exec_driver_sql(text)
+        fitted[name] = literal_column(sql.staged_value(variable))
+    return fitted
 
 
 async def sqlite_write(
@@ -340,8 +539,10 @@ def _pg_write_sql(messages: bool, state: bool, expected: bool, scoped: tuple[str
         state_id, document = next(number), next(number)
         assignments.append("state_version = state_version + 1")
         inserts.append(
-            "saved AS (INSERT INTO agent_state (id, session_id, version, state, created_at) "
-            f"SELECT ${state_id}::uuid, $1, bumped.state_version, ${document}::text::jsonb, $2 "
+            "saved AS (INSERT INTO agent_state "
+            "(id, session_id, version, state, created_at, at_seq) "
+            f"SELECT ${state_id}::uuid, $1, bumped.state_version, ${document}::text::jsonb, $2, "
+            "bumped.last_seq "
             "FROM bumped)"
         )
     conditions = ["id = $1::uuid"]

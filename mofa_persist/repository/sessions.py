@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, select, update
 
-from .. import sql
+from .. import sql, writes
 from ..convert import _loads, _now, _session_record
 from ..cursor import decode_cursor, encode_cursor
 from ..errors import ConflictError, InvalidInputError
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy import Table
     from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from ..backend import _Backend
 
 from .core import UNSET, StoreCore, _Unset
 
@@ -78,7 +80,7 @@ class SessionsApi(StoreCore):
         }
 
         async def work(conn: AsyncConnection) -> None:
-            await conn.execute(insert(s_t), values)
+            await writes.execute_fitted(self._backend, conn, insert(s_t), values)
 
         try:
             await self._run(work, write=True, action="create a session")
@@ -138,8 +140,8 @@ class SessionsApi(StoreCore):
             values["metadata"] = self._encode("metadata", metadata)
 
         async def work(conn: AsyncConnection) -> Session:
-            stmt = update(s_t).where(*self._session_filter(sid)).values(values)
-            if (await conn.execute(stmt)).rowcount == 0:
+            stmt = update(s_t).where(*self._session_filter(sid))
+            if (await writes.execute_fitted(self._backend, conn, stmt, values)).rowcount == 0:
                 raise self._not_found(sid)
             row = (await conn.execute(select(s_t).where(s_t.c.id == sid))).one()
             return _session_record(row)
@@ -273,12 +275,13 @@ class SessionsApi(StoreCore):
                 "parent_session_id": sid,
                 "forked_at_seq": cut,
             }
-            await conn.execute(insert(s_t), values)
+            await writes.execute_fitted(self._backend, conn, insert(s_t), values)
             for table, order, bound in (
                 (m_t, m_t.c.seq, m_t.c.seq),
                 (a_t, a_t.c.version, a_t.c.at_seq),
             ):
                 await _copy_rows(
+                    self._backend,
                     conn,
                     table,
                     order,
@@ -294,6 +297,7 @@ class SessionsApi(StoreCore):
 
 
 async def _copy_rows(
+    backend: _Backend,
     conn: AsyncConnection,
     table: Table,
     order: Any,
@@ -320,5 +324,5 @@ async def _copy_rows(
                 if name in copy:
                     copy[name] = encode_document(name, copy[name], exact_floats=exact)
             copies.append(copy)
-        await conn.execute(insert(table), copies)
+        await writes.insert_rows(backend, conn, table, copies)
         after = rows[-1][order.key]

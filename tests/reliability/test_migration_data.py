@@ -84,30 +84,55 @@ async def check_0002(store: mofa_persist.Store, facts: Facts) -> None:
 
 async def write_0003(store: mofa_persist.Store, facts: Facts) -> None:
     tenant = "5d1c0f8e-3b1a-4c6e-9f0a-2b7e8c9d0a1b"
-    user = "0e9d8c7b-6a5f-4e3d-8c2b-1a0f9e8d7c6b"
     view = store.scoped(tenant_id=tenant)
-    for _ in range(3):
-        await view.create_session(user_id=user, title="written at 0003")
+    made = [await view.create_session(title="written at 0003") for _ in range(3)]
     page = await view.list_sessions(limit=2)
-    erased = await view.erase_user(user)
-    facts["0003"] = {"tenant": tenant, "user": user, "cursor": page.next_cursor, "id": erased.id}
+    facts["0003"] = {"tenant": tenant, "cursor": page.next_cursor, "ids": {s.id for s in made}}
 
 
 async def check_0003(store: mofa_persist.Store, facts: Facts) -> None:
     fact = facts["0003"]
     view = store.scoped(tenant_id=fact["tenant"])
-    # The database key survived: a cursor made before the upgrade still verifies.
-    assert (await view.list_sessions(limit=2, cursor=fact["cursor"])).items == []
-    (record,) = await view.list_erasures(user_id=fact["user"])
-    assert record.id == fact["id"]
-    assert record.counts["sessions"] == 3
-    assert record.finished_at is not None
+    # The database key survived the upgrade: a cursor made before it still verifies.
+    rest = await view.list_sessions(limit=2, cursor=fact["cursor"])
+    first = await view.list_sessions(limit=2)
+    assert {s.id for s in first.items + rest.items} == fact["ids"]
+
+
+async def write_0004(store: mofa_persist.Store, facts: Facts) -> None:
+    session = await store.create_session(title="written at 0004")
+    first = await store.record_turn(
+        session.id, [{"role": "user", "content": "a"}], state={"n": 1}, idempotency_key="k-0004"
+    )
+    await store.append_messages(session.id, [{"role": "user", "content": f"{i}"} for i in range(3)])
+    fork = await store.fork_session(session.id, at_seq=1)
+    await store.rewind(session.id, 2)
+    facts["0004"] = {"session": session.id, "fork": fork.id, "first": first}
+
+
+async def check_0004(store: mofa_persist.Store, facts: Facts) -> None:
+    fact = facts["0004"]
+    # The key still answers with the first call's rows after the upgrade.
+    again = await store.record_turn(
+        fact["session"],
+        [{"role": "user", "content": "a"}],
+        state={"n": 1},
+        idempotency_key="k-0004",
+    )
+    assert again == fact["first"]
+    assert (await store.get_session(fact["session"])).last_seq == 2
+    forks = await store.list_sessions(parent_session_id=fact["session"])
+    assert [(s.id, s.forked_at_seq) for s in forks.items] == [(fact["fork"], 1)]
+    # The backfill of 0004: a snapshot saved by a turn records that turn's last seq.
+    oldest = (await store.list_states(facts["0001"]["session"], limit=None))[-1]
+    assert (oldest.version, oldest.at_seq) == (1, 2)
 
 
 WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]], ...]] = {
     "0001": (write_0001, check_0001),
     "0002": (write_0002, check_0002),
     "0003": (write_0003, check_0003),
+    "0004": (write_0004, check_0004),
 }
 
 
