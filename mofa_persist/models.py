@@ -174,6 +174,29 @@ class IdempotencyKeyRow(Base):
     )
 
 
+class ExternalKeyRow(Base):
+    """An agent framework's own id for a session (an OpenAI Agents session id, an ADK
+    ``app/user/session`` triple, a LangGraph thread id), mapped to an ordinary session.
+
+    ``key_hash`` is SHA-256 of the namespace, the view (tenant, user, agent) and the id, so one
+    id names different sessions in different views and ids of any length and alphabet are
+    unique under a fixed-size index; ``external_id`` keeps the id exactly.
+    """
+
+    __tablename__ = "external_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    namespace: Mapped[str] = mapped_column(String(100))
+    external_id: Mapped[str] = mapped_column(LongText)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), unique=True
+    )
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index(None, "namespace", "created_at"), MYSQL_TABLE_ARGS)
+
+
 class DatabaseKeyRow(Base):
     """A random secret made once per database: it signs page cursors and keys the hashed ids
     of the erasure audit, so both hold across processes and restarts. Never exported."""
@@ -217,3 +240,4 @@ api_calls_table = cast("Table", ApiCallRow.__table__)
 database_keys_table = cast("Table", DatabaseKeyRow.__table__)
 erasures_table = cast("Table", ErasureRow.__table__)
 idempotency_keys_table = cast("Table", IdempotencyKeyRow.__table__)
+external_keys_table = cast("Table", ExternalKeyRow.__table__)

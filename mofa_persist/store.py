@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 
 from .repository.core import UNSET as UNSET
+from .repository.external import ExternalKeysApi
 from .repository.history import HistoryApi
 from .repository.lifecycle import LifecycleApi
 from .repository.sessions import SessionsApi
@@ -51,7 +52,7 @@ from .repository.state import StateApi
 from .repository.usage import UsageApi
 
 
-class Store(SessionsApi, HistoryApi, StateApi, UsageApi, LifecycleApi):
+class Store(SessionsApi, HistoryApi, StateApi, UsageApi, LifecycleApi, ExternalKeysApi):
     """Sessions, messages and agent state in one database.
 
     Get one with ``await Store.connect(url)`` (or :func:`mofa_persist.connect`); use it as an

@@ -7,9 +7,12 @@ migration without a writer fails the test, so the check grows with the schema.
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import sqlalchemy as sa
 import tally
 from alembic.script import ScriptDirectory
 from common import backend_of
@@ -17,6 +20,9 @@ from common import backend_of
 import mofa_persist
 from mofa_persist import migrate
 from mofa_persist.engine import create_engine
+from mofa_persist.keys import database_key
+from mofa_persist.models import sessions_table
+from mofa_persist.types import JSONDocument, UTCDateTime
 from mofa_persist.urls import parse_url
 
 if TYPE_CHECKING:
@@ -27,17 +33,45 @@ pytestmark = pytest.mark.migrations
 Facts = dict[str, Any]
 
 
+# agent_state as revision 0001 made it (no at_seq yet): what that revision's code wrote.
+STATE_0001 = sa.Table(
+    "agent_state",
+    sa.MetaData(),
+    sa.Column("id", sa.Uuid()),
+    sa.Column("session_id", sa.Uuid()),
+    sa.Column("version", sa.Integer()),
+    sa.Column("state", JSONDocument),
+    sa.Column("created_at", UTCDateTime()),
+)
+
+
 async def write_0001(store: mofa_persist.Store, facts: Facts) -> None:
     tenant = "8b0d3a52-5a43-4a8e-9a7e-0c1f1a1d2e3f"
     session = await store.create_session(
         tenant_id=tenant, title="written at 0001 ✓", metadata={"rev": "0001", "n": 2**70}
     )
-    await store.record_turn(
+    stored = await store.append_messages(
         session.id,
         [{"role": "user", "content": "héllo 😀"}, {"role": "assistant", "content": "x" * 70_000}],
-        state={"step": 1, "nested": {"list": [1.5, None, True]}},
     )
-    await store.save_state(session.id, {"step": 2}, expected_version=1)
+    states = [{"step": 1, "nested": {"list": [1.5, None, True]}}, {"step": 2}]
+    async with store.engine.begin() as conn:
+        for version, state in enumerate(states, start=1):
+            await conn.execute(
+                sa.insert(STATE_0001),
+                {
+                    "id": uuid.uuid4(),
+                    "session_id": session.id,
+                    "version": version,
+                    "state": state,
+                    "created_at": stored[-1].created_at + timedelta(microseconds=version),
+                },
+            )
+        await conn.execute(
+            sa.update(sessions_table)
+            .where(sessions_table.c.id == session.id)
+            .values(state_version=len(states))
+        )
     facts["0001"] = {"session": session.id, "tenant": tenant}
 
 
@@ -83,20 +117,14 @@ async def check_0002(store: mofa_persist.Store, facts: Facts) -> None:
 
 
 async def write_0003(store: mofa_persist.Store, facts: Facts) -> None:
-    tenant = "5d1c0f8e-3b1a-4c6e-9f0a-2b7e8c9d0a1b"
-    view = store.scoped(tenant_id=tenant)
-    made = [await view.create_session(title="written at 0003") for _ in range(3)]
-    page = await view.list_sessions(limit=2)
-    facts["0003"] = {"tenant": tenant, "cursor": page.next_cursor, "ids": {s.id for s in made}}
+    facts["0003"] = {"key": await database_key(store)}
 
 
 async def check_0003(store: mofa_persist.Store, facts: Facts) -> None:
-    fact = facts["0003"]
-    view = store.scoped(tenant_id=fact["tenant"])
-    # The database key survived the upgrade: a cursor made before it still verifies.
-    rest = await view.list_sessions(limit=2, cursor=fact["cursor"])
-    first = await view.list_sessions(limit=2)
-    assert {s.id for s in first.items + rest.items} == fact["ids"]
+    # The database's key survived: cursors and erasure hashes made before still verify.
+    url = store.url.sa_url.render_as_string(hide_password=False)
+    async with await mofa_persist.connect(url, migrate=False) as fresh:
+        assert await database_key(fresh) == facts["0003"]["key"]
 
 
 async def write_0004(store: mofa_persist.Store, facts: Facts) -> None:
@@ -128,11 +156,28 @@ async def check_0004(store: mofa_persist.Store, facts: Facts) -> None:
     assert (oldest.version, oldest.at_seq) == (1, 2)
 
 
+async def write_0005(store: mofa_persist.Store, facts: Facts) -> None:
+    view = store.scoped(tenant_id="7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d")
+    session = await view.session_for("openai-agents", "Thread with spaces ✓")
+    assert session is not None
+    await view.append_message(session.id, "user", "kept")
+    facts["0005"] = {"session": session.id}
+
+
+async def check_0005(store: mofa_persist.Store, facts: Facts) -> None:
+    view = store.scoped(tenant_id="7a6b5c4d-3e2f-4a1b-9c8d-7e6f5a4b3c2d")
+    found = await view.session_for("openai-agents", "Thread with spaces ✓", create=False)
+    assert found is not None
+    assert found.id == facts["0005"]["session"]
+    assert await view.external_id_of(found.id) == ("openai-agents", "Thread with spaces ✓")
+
+
 WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]], ...]] = {
     "0001": (write_0001, check_0001),
     "0002": (write_0002, check_0002),
     "0003": (write_0003, check_0003),
     "0004": (write_0004, check_0004),
+    "0005": (write_0005, check_0005),
 }
 
 
