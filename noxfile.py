@@ -1,6 +1,7 @@
 """Test matrix for mofa-persist. Plain `nox` runs the sessions in `nox.options.sessions`:
-tests (each backend), migrations, reliability, scaleout, bench_smoke, lint and typecheck. Run
-on request only: `soak` (longer reliability runs) and `bench` (the full benchmarks).
+tests (each backend), integrations, migrations, reliability, scaleout, bench_smoke, lint and
+typecheck. Run on request only: `soak` (longer reliability runs) and `bench` (the full
+benchmarks).
 
 Each dialect gets its own session so a failure names its backend. Server URLs default to the
 local services (PostgreSQL on 5432, MariaDB on 3306) and can be overridden with
@@ -22,6 +23,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = [
     "tests",
+    "integrations",
     "migrations",
     "reliability",
     "scaleout",
@@ -49,6 +51,7 @@ def _conformance(session: nox.Session, *args: str, **env: str) -> None:
         "tests",
         "--ignore=tests/reliability",
         "--ignore=tests/scaleout",
+        "--ignore=tests/integrations",
         *args,
         env=_env(**env),
     )
@@ -67,6 +70,22 @@ def tests(session: nox.Session, dialect: str) -> None:
     """Run the conformance suite on one backend (memory, sqlite, postgresql, mysql)."""
     _install(session, "test")
     _conformance(session, "-m", "not migrations", *session.posargs, MOFA_TEST_BACKENDS=dialect)
+
+
+@nox.session
+def integrations(session: nox.Session) -> None:
+    """The framework integrations (OpenAI Agents, LangGraph) on every backend, with each
+    framework's own contract: its conformance suite, or the same tests run on its reference
+    store too. The base install never imports a framework; this session installs the extras."""
+    session.install(".[all,openai-agents,langgraph]")
+    for group in ("test", "integrations"):
+        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+    session.run(
+        "pytest",
+        "tests/integrations",
+        *session.posargs,
+        env=_env(MOFA_TEST_BACKENDS="memory,sqlite,postgresql,mysql"),
+    )
 
 
 @nox.session

@@ -1,0 +1,11 @@
+"""Drop-in persistence for the agent frameworks people already use, each an optional extra.
+
+- ``mofa_persist.integrations.openai_agents``: ``MofaSession``, a session of the OpenAI Agents
+  SDK (``pip install 'mofa-persist[openai-agents]'``).
+- ``mofa_persist.integrations.langgraph``: ``MofaSaver``, a LangGraph checkpointer
+  (``pip install 'mofa-persist[langgraph]'``).
+
+A framework's session is an ordinary session of this library (see
+:meth:`mofa_persist.Store.session_for`): the CLI, export and copy, retention, erasure and
+usage all see it. Importing this package imports no framework.
+"""
