@@ -18,8 +18,8 @@ from alembic import context
 from mofa_persist.engine import create_engine
 from mofa_persist.errors import PersistenceError
 from mofa_persist.migrate import include_name, run_locked
-from mofa_persist.translate import DRIVER_ERRORS, to_backend_error
 from mofa_persist.models import Base
+from mofa_persist.translate import DRIVER_ERRORS, to_backend_error
 from mofa_persist.urls import parse_url
 
 if TYPE_CHECKING:

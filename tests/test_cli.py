@@ -1,7 +1,7 @@
-"""The ``mofa-persist`` command, in-process (Typer's runner), on every backend.
+"""The ``mofa-persist`` command, in-process (Typer's runner), on every SQL dialect.
 
-A ``memory://`` URL is a new, empty database in each invocation, so the tests that read data
-seeded beforehand run on the SQL dialects and memory gets its own checks of the empty case.
+The commands refuse a URL that stores nothing (``memory://``, an empty SQLite path): see
+``test_cli_hardening``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,6 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.parametrize("fresh_url", SQL_DIALECTS, indirect=True)
 def test_upgrade_current_history_downgrade(fresh_url: str) -> None:
-    assert run_json("current", "--url", fresh_url)["current"] is None
     assert run_json("upgrade", "--url", fresh_url) == {
         "direction": "upgrade",
         "from": None,
@@ -140,21 +139,24 @@ def test_upgrade_current_history_downgrade(fresh_url: str) -> None:
     assert run_json("current", "--url", fresh_url)["current"] == "0001"
     assert_one_line_error(run("sessions", "--url", fresh_url, ok=False), "schema revision 0001")
     run("downgrade", "base", "--url", fresh_url, "--yes")
+    assert run_json("current", "--url", fresh_url)["current"] is None
     assert_one_line_error(run("sessions", "--url", fresh_url, ok=False), "no mofa-persist schema")
     run("upgrade", "--url", fresh_url)
     assert run_json("sessions", "--url", fresh_url)["sessions"] == []
 
 
-def test_commands_on_a_memory_url_see_an_empty_database(tmp_path: Path) -> None:
-    assert run_json("sessions", "--url", "memory://") == {"sessions": [], "next_cursor": None}
-    assert run_json("stats", "--url", "memory://")["totals"]["sessions"] == 0
-    exported = run("export", "--all", "--url", "memory://").stdout.split("\n")
-    assert json.loads(exported[0])["source"] == "memory"
+def test_commands_on_an_empty_database(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'empty.db'}"
+    run("upgrade", "--url", url)
+    assert run_json("sessions", "--url", url) == {"sessions": [], "next_cursor": None}
+    assert run_json("stats", "--url", url)["totals"]["sessions"] == 0
+    exported = run("export", "--all", "--url", url).stdout.split("\n")
+    assert json.loads(exported[0])["source"] == "sqlite"
     assert json.loads(exported[1])["counts"]["sessions"] == 0
     path = tmp_path / "empty.jsonl"
     path.write_text("\n".join(exported), encoding="utf-8")
-    assert run_json("import", str(path), "--url", "memory://")["conflicts"] == []
-    assert run_json("prune", "--older-than", "1d", "--url", "memory://")["sessions"] == 0
+    assert run_json("import", str(path), "--url", url)["conflicts"] == []
+    assert run_json("prune", "--older-than", "1d", "--url", url)["sessions"] == 0
 
 
 # ---------------------------------------------------------------------- inspection
@@ -314,7 +316,9 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
 
 
 def test_verbose_shows_the_details(tmp_path: Path) -> None:
-    result = run("show", str(uuid.uuid4()), "--url", "memory://", "--verbose", ok=False)
+    url = f"sqlite://{tmp_path / 'verbose.db'}"
+    run("upgrade", "--url", url)
+    result = run("show", str(uuid.uuid4()), "--url", url, "--verbose", ok=False)
     assert result.exit_code == 1
     assert "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: session")
@@ -339,7 +343,7 @@ def test_version_and_help() -> None:
     text = run("--help").stdout
     for command in (
         "upgrade", "downgrade", "current", "history", "sessions", "show", "stats",
-        "export", "import", "copy", "prune", "demo",
+        "rewind", "fork", "export", "import", "copy", "prune", "demo",
     ):  # fmt: skip
         assert command in text
 

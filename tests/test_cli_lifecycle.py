@@ -386,13 +386,16 @@ def _answer(reply: str, *args: str) -> subprocess.CompletedProcess[str]:
         os.close(leader)
 
 
-def test_lifecycle_commands_on_an_empty_memory_database(tmp_path: Path) -> None:
+def test_lifecycle_commands_on_an_empty_database(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'empty.db'}"
+    run("upgrade", "--url", url)
     policy = write(tmp_path / "p.toml", POLICY)
-    report = run_json("prune", "--policy", policy, "--url", "memory://")
+    report = run_json("prune", "--policy", policy, "--url", url)
     assert (report["total"], report["dry_run"]) == (0, False)
-    assert run_json("erasures", "--url", "memory://") == []
-    record = run_json("erase", "--user", str(uuid.uuid4()), "--yes", "--url", "memory://")
+    assert run_json("erasures", "--url", url) == []
+    record = run_json("erase", "--user", str(uuid.uuid4()), "--yes", "--url", url)
     assert sum(record["counts"].values()) == 0
+    assert len(run_json("erasures", "--url", url)) == 1
 
 
 def test_help_lists_the_lifecycle_commands() -> None:

@@ -19,7 +19,7 @@ from mofa_persist.validate import check_text, coerce_uuid, encode_document
 from .agent import LLMAgent
 from .plugin import PersistencePlugin
 from .providers import Provider
-from .settings import PROVIDERS, AgentSettings
+from .settings import PROVIDERS, AgentSettings, stores_nothing
 
 if TYPE_CHECKING:
     import uuid
@@ -35,7 +35,9 @@ class LLMAgentBuilder:
 
     Without :meth:`with_persistence_plugin` the builder connects to ``DATABASE_URL`` itself
     (in memory when unset, with a warning) under the ``USER_ID``/``TENANT_ID``/``AGENT_ID`` of
-    :meth:`from_env`, and the agent closes that store when it is closed.
+    :meth:`from_env`, and the agent closes that store when it is closed. A ``DATABASE_URL``
+    that stores nothing (``memory://``, or ``sqlite://`` with an empty path, which means
+    memory) gets the same warning; only :meth:`with_database_url` asks for memory silently.
     """
 
     def __init__(self, settings: AgentSettings | None = None) -> None:
@@ -48,6 +50,8 @@ class LLMAgentBuilder:
         self._context_window = self._settings.context_window or DEFAULT_CONTEXT_WINDOW
         self._initial_state: dict[str, Any] = {}
         self._database_url: str | None = self._settings.database_url
+        #: Set by with_database_url: a URL written in code, not found in the environment.
+        self._url_chosen = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -120,6 +124,7 @@ class LLMAgentBuilder:
     def with_database_url(self, url: str) -> Self:
         """Where to connect when no plugin is given (instead of ``DATABASE_URL``)."""
         self._database_url = check_text("database url", url)
+        self._url_chosen = True
         return self
 
     async def build_async(self) -> LLMAgent:
@@ -129,11 +134,7 @@ class LLMAgentBuilder:
         try:
             plugin = self._plugin
             if plugin is None:
-                if self._database_url is None:
-                    logger.warning(
-                        "DATABASE_URL is not set: the agent's memory is in-process only and "
-                        "is lost on exit; set DATABASE_URL (e.g. sqlite://mofa.db) to keep it"
-                    )
+                self._warn_if_volatile()
                 owned_store = await Store.connect(self._database_url or "memory://")
                 settings = self._settings
                 plugin = PersistencePlugin(
@@ -166,6 +167,23 @@ class LLMAgentBuilder:
                 await owned_store.close()
             raise
         return agent
+
+    def _warn_if_volatile(self) -> None:
+        """Say so when the memory the builder connects to would be lost on exit, unless
+        :meth:`with_database_url` asked for that in code."""
+        url = self._database_url
+        if url is None:
+            logger.warning(
+                "DATABASE_URL is not set: the agent's memory is in-process only and "
+                "is lost on exit; set DATABASE_URL (e.g. sqlite://mofa.db) to keep it"
+            )
+        elif not self._url_chosen and stores_nothing(url):
+            logger.warning(
+                "DATABASE_URL=%s is an in-memory database: the agent's memory is in-process "
+                "only and is lost on exit; set DATABASE_URL to a file or server URL (e.g. "
+                "sqlite://mofa.db; an empty SQLite path means memory) to keep it",
+                url,
+            )
 
     def _make_provider(self) -> tuple[Provider, bool]:
         if self._provider is None or isinstance(self._provider, str):

@@ -2,7 +2,8 @@
 
 Empty variables count as unset. Ids that are not set get fixed defaults (the same on every
 run), so two runs with the same ``SESSION_ID`` continue one conversation; without
-``SESSION_ID`` every build starts a new session.
+``SESSION_ID`` every build starts a new session. A ``DATABASE_URL`` that stores nothing is
+kept as given (``connect`` accepts it); the builder warns about it, as about an unset one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mofa_persist.errors import InvalidInputError
+from mofa_persist.urls import parse_url
 from mofa_persist.validate import coerce_uuid
 
 from .providers import EchoProvider, OpenAIProvider
@@ -113,6 +115,15 @@ class AgentSettings:
                 max_retries=self.max_retries,
             )
         raise InvalidInputError(f"provider must be one of {', '.join(PROVIDERS)}; got {chosen!r}")
+
+
+def stores_nothing(url: str) -> bool:
+    """Whether ``url`` is an in-memory database: ``memory://``, ``sqlite://:memory:`` or a
+    SQLite URL with an empty path (what ``sqlite://$DB`` gives when ``DB`` is unset)."""
+    try:
+        return parse_url(url).kind == "memory"
+    except InvalidInputError:
+        return False  # connect() refuses it with the reason
 
 
 def _float(name: str, raw: str | None, default: float) -> float:

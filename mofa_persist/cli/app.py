@@ -2,8 +2,9 @@
 
 Shared: :class:`Output` (data to stdout, progress and errors to stderr), :func:`progress` and
 :func:`execute`, which turns any failure into one ``error: ...`` line and an exit code instead
-of a traceback; :func:`checked` does the same for input parsed before any I/O, and
-:func:`on_store` runs a command's work on the store at ``--url`` (or on a view of it).
+of a traceback (and SIGTERM into the same clean-up as Ctrl-C); :func:`checked` does the same
+for input parsed before any I/O, and :func:`on_store` runs a command's work on the store at
+``--url`` (or on a view of it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import traceback
 import uuid
@@ -36,7 +38,6 @@ from rich.text import Text
 from .. import __version__
 from ..errors import PersistenceError
 from .database import open_store
-from .options import resolve_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator
@@ -161,16 +162,67 @@ def progress(
 # ---------------------------------------------------------------------- errors and exit codes
 
 
+#: The exit code of a command stopped by SIGTERM, as a shell reports a process it killed.
+TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM stopped the command, after its clean-up ran (not an ``Exception``, so no
+    ``except Exception`` on the way out swallows it)."""
+
+
 def execute(output: Output, work: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; any failure becomes one line and an exit code, not a trace."""
+    """Run a command's coroutine; any failure becomes one line and an exit code, not a trace.
+
+    SIGTERM cancels the work, as Ctrl-C does, so its clean-up runs on the way out (an open
+    transaction never commits, connections close, a half-written export file is removed)
+    before the command exits with 143. A second SIGTERM kills at once, should that hang.
+    """
     try:
-        return asyncio.run(work)
+        return asyncio.run(_terminable(work))
     except typer.Exit:
         raise
     except KeyboardInterrupt:
         raise output.fail("interrupted", 130) from None
+    except Terminated:
+        raise output.fail("terminated", TERMINATED) from None
     except Exception as error:  # the top of the command: every failure becomes one line
         raise output.crash(error) from None
+
+
+async def _terminable(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work``, cancelling it on SIGTERM (left alone where the event loop cannot handle
+    signals: off the main thread, or on Windows)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL in a shell; a test runner may set one
+    stopped = False
+
+    def restore() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        restore()  # a second SIGTERM meets the handler from before: the default one kills
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return await work
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if stopped:
+            raise Terminated from None
+        raise
+    finally:
+        if not stopped:
+            restore()
 
 
 def describe(error: BaseException) -> str:
@@ -198,15 +250,15 @@ def checked(output: Output, parse: Callable[[], T]) -> T:
 
 def on_store(
     output: Output,
-    url: str | None,
+    url: str,
     work: Callable[[Store], Coroutine[Any, Any, T]],
     owners: Owners | None = None,
 ) -> T:
-    """Run ``work`` on the store at ``url`` (which must exist, at head), as :func:`execute`
-    does; on the view of ``owners`` when they name a tenant."""
+    """Run ``work`` on the store at ``url`` (from ``resolve_url``; it must exist, at head),
+    as :func:`execute` does; on the view of ``owners`` when they name a tenant."""
 
     async def opened() -> T:
-        async with await open_store(resolve_url(url)) as store:
+        async with await open_store(url) as store:
             return await work(store if owners is None else owners.view(store))
 
     return execute(output, opened())

@@ -21,7 +21,7 @@ from rich.text import Text
 from .. import transfer
 from ..validate import coerce_uuid
 from .app import Output, app, checked, execute, progress
-from .database import open_store
+from .database import durable_url, open_store
 from .options import (
     AgentOption,
     BatchOption,
@@ -83,9 +83,10 @@ def export(
             "choose what to export: --all, or any of --session, --tenant, --user, --agent", 2
         )
     owners, selection = checked(output, lambda: _parsed(session, tenant, user, agent))
+    database = checked(output, lambda: resolve_url(url))
 
     async def work() -> transfer.Counts:
-        async with await open_store(resolve_url(url)) as root:
+        async with await open_store(database) as root:
             store = owners.view(root)
             total = await transfer.count_selection(store, selection)
             with progress(output, "exporting", total.total) as advance:
@@ -151,10 +152,11 @@ def import_(
     output = Output(as_json, verbose)
     owners = checked(output, lambda: Owners.parse(tenant, user, agent))
     checked(output, lambda: owners.need_tenant("import"))
+    database = checked(output, lambda: resolve_url(url))
 
     async def work() -> tuple[transfer.Counts, transfer.ImportReport | None]:
         size = file.stat().st_size
-        async with await open_store(resolve_url(url), create=not check) as root:
+        async with await open_store(database, create=not check) as root:
             store = owners.view(root)
             with progress(output, "validating", size, in_bytes=True) as advance:
                 counts = await transfer.validate_file(store, file, on_bytes=advance)
@@ -213,6 +215,7 @@ def copy(
     """
     output = Output(as_json, verbose)
     owners, selection = checked(output, lambda: _parsed(session, tenant, user, agent))
+    checked(output, lambda: (durable_url(src_url, "SRC_URL"), durable_url(dst_url, "DST_URL")))
 
     async def work() -> transfer.CopyReport:
         async with (

@@ -19,6 +19,7 @@ from rich.text import Text
 from .. import transfer
 from ..errors import InvalidInputError, NotFoundError
 from ..transfer.stats import METRICS
+from ..validate import coerce_uuid
 from .app import Output, app, checked, execute, on_store, progress, when
 from .database import open_store
 from .options import (
@@ -35,6 +36,7 @@ from .views import Owners
 if TYPE_CHECKING:
     import uuid
 
+    from ..records import Session
     from ..store import Store
 
 
@@ -43,6 +45,10 @@ def sessions(
     user: UserOption = None,
     tenant: TenantOption = None,
     agent: AgentOption = None,
+    parent: Annotated[
+        str | None,
+        typer.Option("--parent", help="Only the forks of this session.", show_default=False),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")] = 20,
     cursor: Annotated[
         str | None, typer.Option("--cursor", help="Next page: the cursor printed last time.")
@@ -51,13 +57,18 @@ def sessions(
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """List sessions, newest activity first, one page at a time."""
+    """List sessions, newest activity first, one page at a time (--parent: the forks of one
+    session)."""
     output = Output(as_json, verbose)
     owners = checked(output, lambda: Owners.parse(tenant, user, agent))
+    parent_id = checked(output, lambda: coerce_uuid("--parent", parent, optional=True))
+    database = checked(output, lambda: resolve_url(url))
     page = on_store(
         output,
-        url,
-        lambda view: view.list_sessions(**owners.filters(), limit=limit, cursor=cursor),
+        database,
+        lambda view: view.list_sessions(
+            **owners.filters(), parent_session_id=parent_id, limit=limit, cursor=cursor
+        ),
         owners,
     )
     if output.as_json:
@@ -71,6 +82,7 @@ def sessions(
         "agent",
         Column("msgs", justify="right"),
         Column("state", justify="right"),
+        "fork of",
         Column("updated (UTC)", no_wrap=True),
         box=box.SIMPLE_HEAD,
     )
@@ -83,6 +95,7 @@ def sessions(
             _short(item.agent_id),
             str(item.last_seq),
             str(item.state_version),
+            _fork_of(item),
             when(item.updated_at),
         )
     output.out.print(table)
@@ -92,6 +105,13 @@ def sessions(
 
 def _short(value: uuid.UUID | None) -> str:
     return "-" if value is None else str(value)[:8]
+
+
+def _fork_of(session: Session) -> str:
+    """``0193a2b4@12``: the parent's short id and the seq the fork was taken at."""
+    if session.parent_session_id is None:
+        return "-"
+    return f"{_short(session.parent_session_id)}@{session.forked_at_seq}"
 
 
 @app.command()
@@ -113,6 +133,7 @@ def show(
     """
     output = Output(as_json, verbose)
     owners = checked(output, lambda: Owners.parse(tenant, user, agent))
+    database = checked(output, lambda: resolve_url(url))
 
     async def work(store: Store) -> None:
         session = await store.get_session(session_id)
@@ -133,10 +154,10 @@ def show(
                 after = page[-1].seq
         _print_state(output, state)
 
-    on_store(output, url, work, owners)
+    on_store(output, database, work, owners)
 
 
-def _print_session(output: Output, session: Any) -> None:
+def _print_session(output: Output, session: Session) -> None:
     lines = [
         f"session  {session.id}",
         f"title    {session.title or '-'}",
@@ -147,6 +168,8 @@ def _print_session(output: Output, session: Any) -> None:
         f"updated  {when(session.updated_at)} UTC",
         f"messages {session.last_seq} (last seq), state version {session.state_version}",
     ]
+    if session.parent_session_id is not None:
+        lines.append(f"fork of  {session.parent_session_id} at seq {session.forked_at_seq}")
     if session.metadata:
         lines.append(f"metadata {json.dumps(session.metadata, ensure_ascii=False)}")
     output.out.print(Text("\n".join(lines)))
@@ -189,9 +212,10 @@ def stats(
     output = Output(as_json, verbose)
     owners = checked(output, lambda: Owners.parse(tenant, user, agent))
     start = checked(output, lambda: parse_since(since))
+    database = checked(output, lambda: resolve_url(url))
 
     async def work() -> transfer.Stats:
-        async with await open_store(resolve_url(url)) as store:
+        async with await open_store(database) as store:
             with progress(output, "collecting stats", None):
                 return await transfer.collect_stats(
                     owners.view(store), since=start, selection=owners.selection()

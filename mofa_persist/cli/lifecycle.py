@@ -145,13 +145,14 @@ def prune(
     if older_than is None and keep_last is not None:
         raise output.fail("--keep-last needs --older-than", 2)
     owners = checked(output, lambda: Owners.parse(tenant, user, agent))
+    database = checked(output, lambda: resolve_url(url))
     if older_than is not None:
         age = checked(output, lambda: transfer.parse_age(older_than))
-        _prune_by_age(output, url, owners, age, keep_last, dry_run, batch_size)
+        _prune_by_age(output, database, owners, age, keep_last, dry_run, batch_size)
         return
     checked(output, lambda: owners.need_tenant("prune --policy"))
     policy = checked(output, lambda: build_policy(policy_file, flags))
-    _apply_policy(output, url, owners, policy, dry_run, batch_size or 1000)
+    _apply_policy(output, database, owners, policy, dry_run, batch_size or 1000)
 
 
 def build_policy(path: Path | None, flags: dict[str, str | int]) -> RetentionPolicy:
@@ -195,7 +196,7 @@ def policy_rules(policy: RetentionPolicy) -> dict[str, str | int]:
 
 def _apply_policy(
     output: Output,
-    url: str | None,
+    url: str,
     owners: Owners,
     policy: RetentionPolicy,
     dry_run: bool,
@@ -243,7 +244,7 @@ def _counts_table(counts: dict[str, int], total: int) -> Table:
 
 def _prune_by_age(
     output: Output,
-    url: str | None,
+    url: str,
     owners: Owners,
     age: timedelta,
     keep_last: int | None,
@@ -254,7 +255,7 @@ def _prune_by_age(
     sizes: dict[str, Any] = {} if batch_size is None else {"batch_size": batch_size}
 
     async def work() -> transfer.PruneReport:
-        async with await open_store(resolve_url(url)) as root:
+        async with await open_store(url) as root:
             store = owners.view(root)
             total = await transfer.count_prune_candidates(
                 store, older_than=age, keep_last=keep_last, selection=selection
@@ -330,12 +331,12 @@ def erase(
         what = f"user {owners.user}{inside}"
     else:
         what = f"tenant {owners.tenant}"
-    target = resolve_url(url)
+    database = checked(output, lambda: resolve_url(url))
     if not yes:
         if not sys.stdin.isatty():
             raise output.fail(f"erase deletes every row of {what} for good; pass --yes to confirm")
         typer.confirm(
-            f"Erase every row of {what} from {display(target)}? It cannot be undone", abort=True
+            f"Erase every row of {what} from {display(database)}? It cannot be undone", abort=True
         )
 
     async def work(store: Store) -> Erasure:
@@ -346,7 +347,7 @@ def erase(
             assert owners.tenant is not None
             return await view.erase_tenant(owners.tenant, batch_size=batch_size)
 
-    record = on_store(output, target, work)
+    record = on_store(output, database, work)
     if output.as_json:
         output.json(record)
         return
@@ -377,9 +378,10 @@ def erasures(
     if agent is not None:
         raise output.fail(NO_AGENT, 2)
     owners = checked(output, lambda: Owners.parse(tenant, user, None))
+    database = checked(output, lambda: resolve_url(url))
     records = on_store(
         output,
-        url,
+        database,
         lambda view: view.list_erasures(user_id=owners.user, limit=limit),
         Owners(tenant=owners.tenant),
     )

@@ -11,13 +11,17 @@ from typing import Annotated
 
 import typer
 
+from ..errors import InvalidInputError
+from .database import FILE_URL_FORMS, durable_url
+
 DEFAULT_URL = "sqlite://mofa.db"
 
 UrlOption = Annotated[
     str | None,
     typer.Option(
         "--url",
-        help="Database URL. Default: $DATABASE_URL, then sqlite://mofa.db.",
+        help="Database URL (a file or a server; not in memory). Default: $DATABASE_URL, then "
+        "sqlite://mofa.db.",
         show_default=False,
     ),
 ]
@@ -44,4 +48,21 @@ BatchOption = Annotated[
 
 
 def resolve_url(url: str | None) -> str:
-    return url or os.environ.get("DATABASE_URL") or DEFAULT_URL
+    """The database a command works on: ``--url``, else ``$DATABASE_URL``, else
+    :data:`DEFAULT_URL`; ``InvalidInputError`` when it would store nothing (see
+    :func:`.database.durable_url`).
+
+    An empty ``--url ""`` is refused rather than taken as "not given": it is what an unset
+    shell variable gives, and the default database is not what was asked for.
+    """
+    if url is not None:
+        if not url.strip():
+            raise InvalidInputError(
+                "--url is empty (is a shell variable in it unset?); give a database URL such "
+                f"as {FILE_URL_FORMS}"
+            )
+        return durable_url(url, "--url")
+    from_env = os.environ.get("DATABASE_URL", "").strip()
+    if from_env:
+        return durable_url(from_env, "DATABASE_URL")
+    return DEFAULT_URL

@@ -1,7 +1,8 @@
 """Schema commands: ``upgrade``, ``downgrade``, ``current`` and ``history``.
 
 They run the packaged Alembic migrations on their own engine (no pool, no foreign keys
-enforced while tables change), not through a store, which needs the schema to exist.
+enforced while tables change), not through a store, which needs the schema to exist. Only
+``upgrade`` creates a SQLite file; the others refuse one that does not exist.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from .. import migrate as migrations
 from ..engine import create_engine
 from ..translate import DRIVER_ERRORS, to_backend_error
 from ..urls import parse_url
-from .app import Output, app, execute, progress
-from .database import current_revision, display, file_missing, make_parent, require_file
+from .app import Output, app, checked, execute, progress
+from .database import current_revision, display, make_parent, require_file
 from .options import JsonOption, UrlOption, VerboseOption, resolve_url
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ def upgrade(
 ) -> None:
     """Upgrade the schema with the packaged Alembic migrations (default: to head)."""
     output = Output(as_json, verbose)
-    before, after = execute(output, _migrate(resolve_url(url), "upgrade", revision, output))
+    database = checked(output, lambda: resolve_url(url))
+    before, after = execute(output, _migrate(database, "upgrade", revision, output))
     _report_migration(output, "upgrade", before, after)
 
 
@@ -54,12 +56,12 @@ def downgrade(
 ) -> None:
     """Downgrade the schema to REVISION; tables dropped on the way lose their data."""
     output = Output(as_json, verbose)
-    target = resolve_url(url)
+    database = checked(output, lambda: resolve_url(url))
     if not yes:
         if not sys.stdin.isatty():
             raise output.fail("downgrade drops tables and their data; pass --yes to confirm")
-        typer.confirm(f"Downgrade {display(target)} to {revision}? Data may be lost", abort=True)
-    before, after = execute(output, _migrate(target, "downgrade", revision, output))
+        typer.confirm(f"Downgrade {display(database)} to {revision}? Data may be lost", abort=True)
+    before, after = execute(output, _migrate(database, "downgrade", revision, output))
     _report_migration(output, "downgrade", before, after)
 
 
@@ -111,7 +113,8 @@ def current(
 ) -> None:
     """Show the database's schema revision and whether it is at head."""
     output = Output(as_json, verbose)
-    revision = execute(output, _read_revision(resolve_url(url)))
+    database = checked(output, lambda: resolve_url(url))
+    revision = execute(output, _read_revision(database))
     head = migrations.head_revision()
     if output.as_json:
         output.json({"current": revision, "head": head, "up_to_date": revision == head})
@@ -122,8 +125,7 @@ def current(
 
 async def _read_revision(url: str) -> str | None:
     parsed = parse_url(url)
-    if file_missing(parsed):
-        return None  # reading must not create the file
+    require_file(parsed)  # reading must not create the file, nor call a missing one "base"
     async with _engine(parsed, "read the schema revision") as engine:
         return await current_revision(engine)
 
@@ -134,7 +136,8 @@ def history(
 ) -> None:
     """List the packaged migrations, newest first, marking the database's current one."""
     output = Output(as_json, verbose)
-    revision = execute(output, _read_revision(resolve_url(url)))
+    database = checked(output, lambda: resolve_url(url))
+    revision = execute(output, _read_revision(database))
     script = ScriptDirectory.from_config(migrations.alembic_config())
     rows: list[dict[str, Any]] = [
         {
