@@ -518,3 +518,86 @@ async def test_closed_agent_refuses_work_and_closes_what_it_owns(
         pass
     assert not provider.closed
     assert await plugin.store.get_session(agent.session_id)
+
+
+# ---------------------------------------------------------------------- editing history
+
+
+async def test_rewind_undoes_turns_with_their_state(plugin: PersistencePlugin) -> None:
+    async with await build(plugin, ScriptedProvider(), state={"n": 0}) as agent:
+        for n in range(1, 4):
+            agent.state["n"] = n
+            await agent.chat(f"q{n}")
+        result = await agent.rewind(turns=2)
+        assert result.last_seq == 2
+        assert [m.content for m in await agent.history()] == ["q1", "scripted 1"]
+        assert agent.state == {"n": 1}  # the state saved with turn 1
+        await agent.chat("q2 again")
+        assert [m.seq for m in await agent.history()] == [1, 2, 3, 4]
+        with pytest.raises(InvalidInputError, match="fewer than 5 turns"):
+            await agent.rewind(turns=5)
+
+
+async def test_regenerate_answers_the_last_user_message_again(plugin: PersistencePlugin) -> None:
+    provider = ScriptedProvider()
+    async with await build(plugin, provider) as agent:
+        await agent.chat("first")
+        await agent.chat("tell me a joke")
+        again = await agent.regenerate()
+        assert again == "scripted 3"
+        history = await agent.history()
+        assert [(m.role, m.content) for m in history] == [
+            ("user", "first"),
+            ("assistant", "scripted 1"),
+            ("user", "tell me a joke"),
+            ("assistant", "scripted 3"),
+        ]
+        # The provider saw the history up to and including the user message, once.
+        assert [m["content"] for m in provider.requests[-1] if m["role"] == "user"] == [
+            "first",
+            "tell me a joke",
+        ]
+    async with await build(plugin, ScriptedProvider()) as fresh:
+        await fresh.create_session()
+        with pytest.raises(InvalidInputError, match="no user message"):
+            await fresh.regenerate()
+
+
+async def test_fork_session_switches_to_a_branch(plugin: PersistencePlugin) -> None:
+    async with await build(plugin, ScriptedProvider(), state={"n": 0}) as agent:
+        original = agent.session_id
+        agent.state["n"] = 1
+        await agent.chat("a")
+        agent.state["n"] = 2
+        await agent.chat("b")
+        branch = await agent.fork_session(at_seq=2)
+        assert agent.session_id == branch != original
+        assert [m.content for m in await agent.history()] == ["a", "scripted 1"]
+        assert agent.state == {"n": 1}
+        await agent.chat("c")
+        assert await plugin.store.count_messages(original) == 4
+        forks = await plugin.store.list_sessions(parent_session_id=original)
+        assert [s.id for s in forks.items] == [branch]
+
+
+async def test_a_turn_is_stored_once_when_the_first_write_fails(
+    plugin: PersistencePlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent retries a failed turn write with the turn's key; the real store answers."""
+    async with await build(plugin, ScriptedProvider()) as agent:
+        store = agent.store
+        real = store.record_turn
+        calls = 0
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            result = await real(*args, **kwargs)  # stored...
+            if calls == 1:  # ...but the caller never hears: as after a cut at COMMIT
+                raise mofa_persist.BackendError("lost while committing", outcome_unknown=True)
+            return result
+
+        monkeypatch.setattr(store, "record_turn", flaky)
+        assert await agent.chat("once") == "scripted 1"
+        assert calls == 2
+        assert [m.content for m in await agent.history()] == ["once", "scripted 1"]
