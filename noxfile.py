@@ -86,6 +86,8 @@ def integrations(session: nox.Session) -> None:
         *session.posargs,
         env=_env(MOFA_TEST_BACKENDS="memory,sqlite,postgresql,mysql"),
     )
+    # The integrations' docs pages, with their frameworks installed.
+    session.run("pytest", "tests/test_docs.py", "-k", "integrations", env=_env())
 
 
 @nox.session
