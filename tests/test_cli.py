@@ -352,3 +352,12 @@ def test_demo_without_the_agents_feature_says_so(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "mofa_persist.demo", None)  # as if it were not installed
     result = CliRunner().invoke(app, ["demo"])
     assert_one_line_error(result, "the demo is not part of this version of mofa-persist")
+
+
+def test_every_command_but_demo_takes_json_as_the_readme_says() -> None:
+    from mofa_persist.cli.app import app
+
+    names = [command.name or command.callback.__name__ for command in app.registered_commands]
+    assert len(names) >= 15
+    lacking = [name for name in names if "--json" not in run(name, "--help").stdout]
+    assert lacking == ["demo"]
