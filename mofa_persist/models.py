@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from .types import JSONDocument, LongText, UTCDateTime
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # One naming convention so every constraint and index has a stable name that Alembic can
 # compare and drop the same way on every dialect.
@@ -241,3 +260,114 @@ database_keys_table = cast("Table", DatabaseKeyRow.__table__)
 erasures_table = cast("Table", ErasureRow.__table__)
 idempotency_keys_table = cast("Table", IdempotencyKeyRow.__table__)
 external_keys_table = cast("Table", ExternalKeyRow.__table__)
+
+
+# ---------------------------------------------------------------------- LangGraph checkpoints
+# The tables of mofa_persist.integrations.langgraph.MofaSaver. A LangGraph thread is an
+# ordinary session (see ExternalKeyRow), so every row names its session and goes with it
+# (delete_session, retention, erasure). Keys are bounded so the unique indexes fit MySQL's
+# 3072-byte limit under utf8mb4; payloads are the serializer's bytes, kept as real binary.
+
+
+class _MySQLLongBlob(TypeDecorator[bytes]):
+    """LONGBLOB, with values sent as ``UNHEX('...')``: aiomysql cannot escape ``bytes``
+    parameters under PyMySQL 1.1+ (it calls PyMySQL's removed ``escape_bytes_prefixed``)."""
+
+    impl = mysql.LONGBLOB
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: BindParameter[bytes]) -> ColumnElement[bytes]:
+        return func.unhex(bindvalue, type_=mysql.LONGBLOB())
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[bytes | None], str | None]:
+        # Hex text for UNHEX; LONGBLOB's own processor would turn it back into bytes.
+        def process(value: bytes | None) -> str | None:
+            return None if value is None else bytes(value).hex()
+
+        return process
+
+
+#: Binary payloads: BLOB/BYTEA, but LONGBLOB on MySQL/MariaDB (a plain BLOB stops at 64 KB).
+LongBinary = LargeBinary().with_variant(_MySQLLongBlob(), "mysql", "mariadb")
+
+
+class LangGraphCheckpointRow(Base):
+    """One LangGraph checkpoint (without its channel values, which are blobs of their own)."""
+
+    __tablename__ = "langgraph_checkpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    checkpoint_ns: Mapped[str] = mapped_column(String(300))
+    checkpoint_id: Mapped[str] = mapped_column(String(100))
+    parent_checkpoint_id: Mapped[str | None] = mapped_column(String(100))
+    #: ``metadata["run_id"]``, for ``delete_for_runs``.
+    run_id: Mapped[str | None] = mapped_column(String(255))
+    checkpoint_type: Mapped[str] = mapped_column(String(50))
+    checkpoint: Mapped[bytes] = mapped_column(LongBinary)
+    metadata_type: Mapped[str] = mapped_column(String(50))
+    meta: Mapped[bytes] = mapped_column("metadata", LongBinary)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("session_id", "checkpoint_ns", "checkpoint_id"),
+        Index(None, "run_id"),
+        MYSQL_TABLE_ARGS,
+    )
+
+
+class LangGraphBlobRow(Base):
+    """The value of one channel at one version, stored once however many checkpoints use it."""
+
+    __tablename__ = "langgraph_blobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    checkpoint_ns: Mapped[str] = mapped_column(String(300))
+    channel: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(100))
+    value_type: Mapped[str] = mapped_column(String(50))
+    #: ``None`` for a channel that is empty at this version.
+    value: Mapped[bytes | None] = mapped_column(LongBinary)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("session_id", "checkpoint_ns", "channel", "version"),
+        MYSQL_TABLE_ARGS,
+    )
+
+
+class LangGraphWriteRow(Base):
+    """A pending write of one task against one checkpoint."""
+
+    __tablename__ = "langgraph_writes"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    checkpoint_ns: Mapped[str] = mapped_column(String(300))
+    checkpoint_id: Mapped[str] = mapped_column(String(100))
+    task_id: Mapped[str] = mapped_column(String(150))
+    idx: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(255))
+    value_type: Mapped[str] = mapped_column(String(50))
+    value: Mapped[bytes | None] = mapped_column(LongBinary)
+    task_path: Mapped[str] = mapped_column(LongText)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        # Named by hand: the conventional name would pass PostgreSQL's 63 characters.
+        UniqueConstraint(
+            "session_id",
+            "checkpoint_ns",
+            "checkpoint_id",
+            "task_id",
+            "idx",
+            name="uq_langgraph_writes_key",
+        ),
+        MYSQL_TABLE_ARGS,
+    )
+
+
+langgraph_checkpoints_table = cast("Table", LangGraphCheckpointRow.__table__)
+langgraph_blobs_table = cast("Table", LangGraphBlobRow.__table__)
+langgraph_writes_table = cast("Table", LangGraphWriteRow.__table__)

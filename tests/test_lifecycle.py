@@ -69,6 +69,8 @@ def canonical(row: Row) -> str:
             return str(value)
         if isinstance(value, datetime):
             return value.isoformat()
+        if isinstance(value, bytes):  # binary payloads (LangGraph checkpoints)
+            return value.hex()
         return value
 
     return json.dumps({name: plain(value) for name, value in row.items()}, sort_keys=True)

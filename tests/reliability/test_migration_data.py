@@ -172,12 +172,66 @@ async def check_0005(store: mofa_persist.Store, facts: Facts) -> None:
     assert await view.external_id_of(found.id) == ("openai-agents", "Thread with spaces ✓")
 
 
+# Every byte value, to show the payload columns are binary on every backend.
+PAYLOAD_0006 = bytes(range(256)) * 3
+
+
+async def write_0006(store: mofa_persist.Store, facts: Facts) -> None:
+    from mofa_persist.ids import uuid7
+    from mofa_persist.models import langgraph_checkpoints_table
+
+    view = store.scoped(tenant_id="0c8f2e4a-6b1d-4c3e-9a7f-5d2b8e1c4a60")
+    session = await view.session_for("langgraph", "graph thread ✓")
+    assert session is not None
+    checkpoint_id = str(uuid7())
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            langgraph_checkpoints_table.insert().values(
+                id=uuid7(),
+                session_id=session.id,
+                checkpoint_ns="",
+                checkpoint_id=checkpoint_id,
+                parent_checkpoint_id=None,
+                run_id="run-1",
+                checkpoint_type="msgpack",
+                checkpoint=PAYLOAD_0006,
+                metadata_type="msgpack",
+                metadata=b"\x80",
+                created_at=utc_now_0006(),
+            )
+        )
+    facts["0006"] = {"session": session.id, "checkpoint_id": checkpoint_id}
+
+
+async def check_0006(store: mofa_persist.Store, facts: Facts) -> None:
+    from mofa_persist.models import langgraph_checkpoints_table as table
+
+    view = store.scoped(tenant_id="0c8f2e4a-6b1d-4c3e-9a7f-5d2b8e1c4a60")
+    found = await view.session_for("langgraph", "graph thread ✓", create=False)
+    assert found is not None
+    assert found.id == facts["0006"]["session"]
+    stmt = sa.select(table.c.checkpoint, table.c.metadata).where(
+        table.c.session_id == found.id, table.c.checkpoint_id == facts["0006"]["checkpoint_id"]
+    )
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(stmt)).one()
+    assert bytes(row.checkpoint) == PAYLOAD_0006
+    assert bytes(row.metadata) == b"\x80"
+
+
+def utc_now_0006() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
 WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]], ...]] = {
     "0001": (write_0001, check_0001),
     "0002": (write_0002, check_0002),
     "0003": (write_0003, check_0003),
     "0004": (write_0004, check_0004),
     "0005": (write_0005, check_0005),
+    "0006": (write_0006, check_0006),
 }
 
 
