@@ -19,7 +19,6 @@ from ..backend import _Backend as _Backend
 from ..backend import scope_filter, scope_params, scope_shape, session_filter
 from ..convert import _NewMessage
 from ..errors import ConflictError, InvalidInputError, NotFoundError
-from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
 from ..validate import (
     EncodedJSON,
     check_role,
@@ -27,6 +26,7 @@ from ..validate import (
     encode_document,
 )
 from . import idempotency
+from .tables import s_t
 
 if TYPE_CHECKING:
     import uuid
@@ -40,13 +40,6 @@ if TYPE_CHECKING:
     )
     from ..runner import LeanWork, T, Work
     from ..urls import DatabaseUrl
-
-_DEFAULT_PAGE = 50
-
-s_t = sessions_table
-m_t = messages_table
-a_t = agent_state_table
-c_t = api_calls_table
 
 
 class _Unset:
@@ -134,24 +127,15 @@ class StoreCore:
                 idempotency_key, idempotency.session_scope(sid), operation, payload
             )
             return await self._keyed_write(sid, items, state, expected_version, action, call)
-        if backend.one_hop_writes:
-            return await self._run(
-                functools.partial(
-                    writes.sqlite_write, backend, scope, sid, items, state, expected_version
-                ),
-                write=True,
-                action=action,
-                lean=True,
-                own_transaction=True,
-            )
         if backend.lean_writes:
+            # SQLite hands the whole transaction to its driver thread in one hop.
+            write = writes.sqlite_write if backend.one_hop_writes else writes.lean_write
             return await self._run(
-                functools.partial(
-                    writes.lean_write, backend, scope, sid, items, state, expected_version
-                ),
+                functools.partial(write, backend, scope, sid, items, state, expected_version),
                 write=True,
                 action=action,
                 lean=True,
+                own_transaction=backend.one_hop_writes,
             )
         return await self._run(
             functools.partial(

@@ -19,9 +19,9 @@ from sqlalchemy import insert, select
 from ..convert import _now, _session_record
 from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
-from ..models import external_keys_table, sessions_table
 from ..validate import check_text, check_title, require_uuid
 from .core import StoreCore
+from .tables import s_t, x_t
 
 if TYPE_CHECKING:
     import uuid
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
     from ..records import Session
 
-x_t = external_keys_table
-s_t = sessions_table
 
 #: Longest external id accepted (characters); framework ids are far shorter.
 MAX_EXTERNAL_ID = 10_000

@@ -9,13 +9,6 @@ from sqlalchemy import delete, func, or_, select, update
 from .. import sql
 from ..convert import _NewMessage, _now
 from ..errors import InvalidInputError
-from ..models import (
-    agent_state_table,
-    api_calls_table,
-    idempotency_keys_table,
-    messages_table,
-    sessions_table,
-)
 from ..records import Message, RewindResult, Turn
 from ..validate import (
     check_limit,
@@ -23,23 +16,15 @@ from ..validate import (
     check_text,
     require_uuid,
 )
+from . import idempotency
+from .core import StoreCore
+from .tables import a_t, k_t, m_t, s_t
 
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Iterable, Mapping
 
     from sqlalchemy.ext.asyncio import AsyncConnection
-
-from . import idempotency
-from .core import StoreCore
-
-_DEFAULT_PAGE = 50
-
-s_t = sessions_table
-m_t = messages_table
-a_t = agent_state_table
-c_t = api_calls_table
-k_t = idempotency_keys_table
 
 
 class HistoryApi(StoreCore):

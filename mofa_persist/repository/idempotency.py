@@ -26,14 +26,9 @@ from sqlalchemy import insert, select
 from ..convert import _now, _state_record
 from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
-from ..models import (
-    agent_state_table,
-    api_calls_table,
-    idempotency_keys_table,
-    messages_table,
-)
 from ..records import AgentState, ApiCall, Message
 from ..validate import decode_document
+from .tables import a_t, c_t, k_t, m_t
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,10 +36,6 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Row
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-k_t = idempotency_keys_table
-m_t = messages_table
-a_t = agent_state_table
-c_t = api_calls_table
 
 MAX_KEY_LENGTH = 200
 

@@ -7,20 +7,11 @@ from typing import TYPE_CHECKING
 from .. import lifecycle
 from ..errors import InvalidInputError
 from ..lifecycle import RetentionPolicy, RetentionReport
-from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
+from .core import StoreCore
 
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Callable
-
-from .core import StoreCore
-
-_DEFAULT_PAGE = 50
-
-s_t = sessions_table
-m_t = messages_table
-a_t = agent_state_table
-c_t = api_calls_table
 
 
 class LifecycleApi(StoreCore):

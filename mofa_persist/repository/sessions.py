@@ -12,7 +12,6 @@ from ..cursor import decode_cursor, encode_cursor
 from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
 from ..keys import database_key
-from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
 from ..records import Page, Session
 from ..validate import (
     check_limit,
@@ -21,6 +20,8 @@ from ..validate import (
     encode_document,
     require_uuid,
 )
+from .core import UNSET, StoreCore, _Unset
+from .tables import DEFAULT_PAGE, a_t, m_t, s_t
 
 if TYPE_CHECKING:
     import uuid
@@ -30,15 +31,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from ..backend import _Backend
-
-from .core import UNSET, StoreCore, _Unset
-
-_DEFAULT_PAGE = 50
-
-s_t = sessions_table
-m_t = messages_table
-a_t = agent_state_table
-c_t = api_calls_table
 
 
 class SessionsApi(StoreCore):
@@ -166,7 +158,7 @@ class SessionsApi(StoreCore):
         tenant_id: uuid.UUID | str | None = None,
         agent_id: uuid.UUID | str | None = None,
         parent_session_id: uuid.UUID | str | None = None,
-        limit: int = _DEFAULT_PAGE,
+        limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page[Session]:
         """Sessions newest ``updated_at`` first, one page at a time (keyset pagination).

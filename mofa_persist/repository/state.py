@@ -8,8 +8,10 @@ from sqlalchemy import select
 
 from ..convert import _state_record
 from ..errors import NotFoundError
-from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
 from ..validate import check_limit, require_uuid
+from . import idempotency
+from .core import StoreCore
+from .tables import DEFAULT_PAGE, a_t
 
 if TYPE_CHECKING:
     import uuid
@@ -20,16 +22,6 @@ if TYPE_CHECKING:
     from ..records import (
         AgentState,
     )
-
-from . import idempotency
-from .core import StoreCore
-
-_DEFAULT_PAGE = 50
-
-s_t = sessions_table
-m_t = messages_table
-a_t = agent_state_table
-c_t = api_calls_table
 
 
 class StateApi(StoreCore):
@@ -85,7 +77,7 @@ class StateApi(StoreCore):
         return await self._run(work, write=False, action="load state", one_read=True)
 
     async def list_states(
-        self, session_id: uuid.UUID | str, *, limit: int | None = _DEFAULT_PAGE
+        self, session_id: uuid.UUID | str, *, limit: int | None = DEFAULT_PAGE
     ) -> list[AgentState]:
         """Saved states, newest version first."""
         sid = require_uuid("session_id", session_id)

@@ -13,25 +13,17 @@ from ..backend import scope_filter
 from ..convert import _now
 from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
-from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
 from ..records import API_CALL_STATUSES, ApiCall, Usage
 from ..validate import check_limit, check_text, coerce_uuid
+from . import idempotency
+from .core import StoreCore
+from .tables import c_t, s_t
 
 if TYPE_CHECKING:
     import uuid
 
     from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.sql.elements import ColumnElement
-
-from . import idempotency
-from .core import StoreCore
-
-_DEFAULT_PAGE = 50
-
-s_t = sessions_table
-m_t = messages_table
-a_t = agent_state_table
-c_t = api_calls_table
 
 
 class UsageApi(StoreCore):
