@@ -43,7 +43,12 @@ def decode_cursor(key: bytes, binding: str, cursor: object) -> tuple[datetime, u
         raise InvalidInputError(_MALFORMED)
     body = cursor[len(_CURSOR_PREFIX) :]
     try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        # base64 ignores the unused low bits of the last character: the canonical form
+        # must come back, so that no altered spelling of a cursor is accepted.
+        if base64.urlsafe_b64encode(data).decode().rstrip("=") != body:
+            raise ValueError("not the canonical encoding")
+        raw = data.decode()
         stamp, hex_id, mac = raw.split("|")
         updated_at = datetime.fromisoformat(stamp)
         session_id = uuid.UUID(hex=hex_id)

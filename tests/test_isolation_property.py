@@ -3,9 +3,10 @@
 Each example makes three fresh tenants that share the same two user ids and two agent ids, so
 two views may differ by tenant alone as well as by user or agent. The views: 12 leaves
 (tenant, user, agent), 6 (tenant, user), 6 (tenant, agent) and 3 whole tenants; the unscoped
-store is the admin view and only reads the ground truth. Rules act through a random view,
-often on a session of another view (or of none); a small model says which view owns what.
-After every step:
+store is the admin view and only reads the ground truth. An example starts populated (the same
+owners in all three tenants), then rules act through a random view: on a session of that view,
+on one that the view misses by a single owner (the likeliest leak), or on any id at all. A
+small model says which view owns what. After every step:
 
 - every view lists exactly the model's sessions inside it;
 - the rows in the database, read through the unscoped store, equal the model, so no call
@@ -62,8 +63,8 @@ if TYPE_CHECKING:
 
     Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
-# Every example makes up to ~25 sessions and checks 27 views after each step; these bounds
-# keep all four backends together well under a minute and a half.
+# An example holds up to ~20 sessions and every step ends with 27 listings and a read of the
+# ground truth; these bounds keep the four backends together around a minute.
 SETTINGS = settings(
     max_examples=40,
     stateful_step_count=10,
@@ -81,7 +82,7 @@ VIEW_KEYS: tuple[Owner, ...] = (
     *[(t, None, a) for t in TENANTS for a in AGENTS],
     *[(t, None, None) for t in TENANTS],
 )
-_OWNER_FIELDS = {"tenant_id": 0, "user_id": 1, "agent_id": 2}
+OWNER_FIELDS = {"tenant_id": 0, "user_id": 1, "agent_id": 2}
 #: A pick this high means a session id that was never created.
 PICK_UNKNOWN = 15
 LIST_FILTERS: tuple[tuple[str, int] | None, ...] = (
@@ -212,6 +213,8 @@ class Model:
 
 
 class ViewIsolation(RuleBasedStateMachine):
+    """One example: fresh tenants, the 27 views of them, and the model of what they hold."""
+
     def __init__(self, admin: Store, run: Runner) -> None:
         super().__init__()
         self.admin = admin  # unscoped: reads the ground truth, never acts in a rule
@@ -267,7 +270,7 @@ class ViewIsolation(RuleBasedStateMachine):
         return candidates[VIEW_KEYS.index(view) % len(candidates)], sid
 
     def facts_in(self, view: Owner, sid: uuid.UUID) -> SessionFacts | None:
-        """The session's facts if ``view`` can reach it, else None."""
+        """The session's facts if ``view`` holds it, else None."""
         facts = self.model.sessions.get(sid)
         return facts if facts is not None and covers(view, facts.owner) else None
 
@@ -349,12 +352,13 @@ class ViewIsolation(RuleBasedStateMachine):
     @rule(view=views, field=st.sampled_from(["tenant_id", "user_id", "agent_id"]))
     def create_outside_the_scope(self, view: Owner, field: str) -> None:
         """Naming a tenant, user or agent other than the view's own is InvalidInputError."""
-        position = _OWNER_FIELDS[field]
+        position = OWNER_FIELDS[field]
         if view[position] is None:
             field, position = "tenant_id", 0  # the view leaves it open: go outside its tenant
         ids = (self.tenants, self.users, self.agents)[position]
         stranger = ids[(view[position] + 1) % len(ids)]  # type: ignore[operator]
-        self.refused(InvalidInputError, self.views[view].create_session(**{field: stranger}))
+        named: dict[str, Any] = {field: stranger}
+        self.refused(InvalidInputError, self.views[view].create_session(**named))
 
     @rule(view=views, pick=picks)
     def create_with_a_taken_id(self, view: Owner, pick: int) -> None:
@@ -393,6 +397,7 @@ class ViewIsolation(RuleBasedStateMachine):
         view, sid = self.aim(view, reach, pick)
         facts = self.facts_in(view, sid)
         store = self.views[view]
+        call: Coroutine[Any, Any, Any]
         if how == "append_message":
             count = 1
             call = store.append_message(sid, "user", "m")
@@ -492,7 +497,7 @@ class ViewIsolation(RuleBasedStateMachine):
         view, sid = self.aim(view, reach, pick)
         facts = self.facts_in(view, sid)
         store = self.views[view]
-        call = {
+        reads: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
             "get_session": lambda: store.get_session(sid),
             "update_session": lambda: store.update_session(sid, title="renamed"),
             "get_messages": lambda: store.get_messages(sid),
@@ -502,7 +507,8 @@ class ViewIsolation(RuleBasedStateMachine):
             "load_state": lambda: store.load_state(sid),
             "load_first_state": lambda: store.load_state(sid, version=1),
             "list_states": lambda: store.list_states(sid, limit=None),
-        }[op]()
+        }
+        call = reads[op]()
         if facts is None or (op == "load_first_state" and 1 not in facts.versions):
             self.refused(NotFoundError, call)
             return
@@ -538,7 +544,7 @@ class ViewIsolation(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ listings and cursors
 
-    def _filter_args(self, chosen: tuple[str, int] | None) -> dict[str, uuid.UUID]:
+    def _filter_args(self, chosen: tuple[str, int] | None) -> dict[str, Any]:
         if chosen is None:
             return {}
         name, position = chosen
@@ -578,7 +584,7 @@ class ViewIsolation(RuleBasedStateMachine):
         expected = [
             sid
             for sid in self.model.in_view(view)
-            if chosen is None or self.model.owner(sid)[_OWNER_FIELDS[chosen[0]]] == chosen[1]
+            if chosen is None or self.model.owner(sid)[OWNER_FIELDS[chosen[0]]] == chosen[1]
         ]
         assert sorted(session.id for session in listed) == sorted(expected)  # each once
         stamps = [(session.updated_at, session.id) for session in listed]
@@ -704,11 +710,11 @@ class ViewIsolation(RuleBasedStateMachine):
         report = self.run(prune(self.views[view], older_than=older_than, keep_last=keep_last))
         doomed = [] if long_ago else self.model.in_view(view)
         if keep_last is None:
-            facts = [self.model.sessions[sid] for sid in doomed]
+            whole = [self.model.sessions[sid] for sid in doomed]
             expected = (
                 len(doomed),
-                sum(len(f.seqs) for f in facts),
-                sum(len(f.versions) for f in facts),
+                sum(len(f.seqs) for f in whole),
+                sum(len(f.versions) for f in whole),
             )
             self.model.drop_sessions(doomed)
         else:
@@ -885,7 +891,7 @@ class ViewIsolation(RuleBasedStateMachine):
         self.run(clean())
 
 
-async def _all_pages(store: Store, limit: int, args: dict[str, uuid.UUID]) -> list[Any]:
+async def _all_pages(store: Store, limit: int, args: dict[str, Any]) -> list[Any]:
     pages = [await store.list_sessions(limit=limit, **args)]
     while pages[-1].next_cursor is not None:
         pages.append(await store.list_sessions(limit=limit, cursor=pages[-1].next_cursor, **args))
@@ -898,7 +904,6 @@ async def _every_call(store: Store, sid: uuid.UUID, version: int | None) -> dict
     calls: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
         "get_session": lambda: store.get_session(sid),
         "update_session": lambda: store.update_session(sid, title="taken", metadata={}),
-        "delete_session": lambda: store.delete_session(sid),
         "append_message": lambda: store.append_message(sid, "user", "x"),
         "append_messages": lambda: store.append_messages(sid, turn),
         "append_no_messages": lambda: store.append_messages(sid, []),
@@ -915,6 +920,7 @@ async def _every_call(store: Store, sid: uuid.UUID, version: int | None) -> dict
         "record_api_call": lambda: store.record_api_call(
             session_id=sid, model="m", status="success", latency_ms=1
         ),
+        "delete_session": lambda: store.delete_session(sid),  # last: the others need it
     }
     outcomes = {}
     for name, call in calls.items():
@@ -931,6 +937,7 @@ async def _collect(lines: Any) -> list[dict[str, Any]]:
 
 
 async def test_views_only_see_and_change_their_own_rows(store: Store) -> None:
+    """The machine runs in a worker thread; each store call runs on this test's loop."""
     loop = asyncio.get_running_loop()
 
     def run(call: Coroutine[Any, Any, Any]) -> Any:
