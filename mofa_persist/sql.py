@@ -374,6 +374,11 @@ class Lane:
     async def execute_many(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await db.executemany(sql, rows)
 
+    async def bump_packed(
+        self, db: Any, sql: str, params: Sequence[Any], sid: Any
+    ) -> tuple[int, int] | None:
+        raise NotImplementedError("packed bumps are MySQL's (no UPDATE ... RETURNING)")
+
     async def begin(self, db: Any, write: bool) -> None:
         # BEGIN IMMEDIATE takes the write lock up front (see engine._configure_sqlite).
         await db.execute_fetchall("BEGIN IMMEDIATE" if write else "BEGIN", ())
@@ -425,6 +430,29 @@ class MySqlLane(Lane):
         async with db.cursor() as cursor:
             await cursor.execute(sql, params)
             return int(cursor.lastrowid or 0)
+
+    async def bump_packed(
+        self, db: Any, sql: str, params: Sequence[Any], sid: Any
+    ) -> tuple[int, int] | None:
+        """Run a packed :func:`bump_sql`; the new (last_seq, state_version), ``None`` when it
+        matched no row.
+
+        The counters normally come back in the OK packet. Rarely (seen once in CI under 8
+        writers on one session, MariaDB 10.11) a matched UPDATE reports insert id 0; the
+        row is then read back, which is exact: this transaction holds its lock and sees
+        its own change.
+        """
+        async with db.cursor() as cursor:
+            await cursor.execute(sql, params)
+            if cursor.lastrowid:
+                return unpack_counters(int(cursor.lastrowid))
+            if not cursor.rowcount:
+                return None
+            await cursor.execute(
+                "SELECT last_seq, state_version FROM sessions WHERE id = %s", [sid]
+            )
+            row = await cursor.fetchone()
+            return (int(row[0]), int(row[1])) if row else None
 
     async def execute_many(
         self, db: Any, sql: str, rows: Sequence[Sequence[Any]], max_bytes: int = BATCH_BYTES

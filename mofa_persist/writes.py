@@ -149,8 +149,7 @@ async def lean_write(
         backend, scope, sid, len(items), state, expected_version, now, packed
     )
     if packed:
-        value = await lane.execute(db, bump, params)
-        counters = sql.unpack_counters(value) if value else None
+        counters = await lane.bump_packed(db, bump, params, lane.uuid_in(sid))
     else:
         found = await lane.fetch(db, bump, params)
         counters = (int(found[0][0]), int(found[0][1])) if found else None
