@@ -16,6 +16,7 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     Dialect,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -371,3 +372,84 @@ class LangGraphWriteRow(Base):
 langgraph_checkpoints_table = cast("Table", LangGraphCheckpointRow.__table__)
 langgraph_blobs_table = cast("Table", LangGraphBlobRow.__table__)
 langgraph_writes_table = cast("Table", LangGraphWriteRow.__table__)
+
+
+# ---------------------------------------------------------------------- Google ADK sessions
+# The tables of mofa_persist.integrations.adk.MofaSessionService. An ADK session is an ordinary
+# session (its events are messages); adk_sessions adds ADK's own names, the session-scoped
+# state and ADK's last_update_time, indexed for ADK's listing order. App and user state are
+# shared by sessions, so they are rows of their own, owned by the view (and, for user state,
+# by the ADK user's library user id) so that erasure and views cover them.
+
+
+class AdkSessionRow(Base):
+    """ADK's side of one session: its names, its session-scoped state, its update time."""
+
+    __tablename__ = "adk_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), unique=True
+    )
+    #: The session's tenant, copied so that listings of one tenant walk one index.
+    tenant_id: Mapped[uuid.UUID | None]
+    app_name: Mapped[str] = mapped_column(String(128))
+    adk_user_id: Mapped[str] = mapped_column(String(128))
+    adk_session_id: Mapped[str] = mapped_column(String(128))
+    state: Mapped[dict[str, Any]]
+    #: ADK's ``last_update_time`` (the newest event's timestamp), exactly as a float.
+    update_time: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        # ADK's listing order, one user's sessions and all users' (named by hand: the
+        # conventional names would pass PostgreSQL's 63 characters).
+        Index(
+            "ix_adk_sessions_user_order",
+            "tenant_id",
+            "app_name",
+            "adk_user_id",
+            "update_time",
+            "adk_session_id",
+        ),
+        Index(
+            "ix_adk_sessions_app_order",
+            "tenant_id",
+            "app_name",
+            "update_time",
+            "adk_user_id",
+            "adk_session_id",
+        ),
+        MYSQL_TABLE_ARGS,
+    )
+
+
+class AdkStateRow(Base):
+    """App state (``kind='app'``) or user state (``kind='user'``) of ADK, in one view.
+
+    ``key_hash`` is SHA-256 of the kind, the owner columns and ADK's names, so each view has
+    its own. A user-state row's ``user_id`` is the library user id of the ADK user.
+    """
+
+    __tablename__ = "adk_states"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    tenant_id: Mapped[uuid.UUID | None]
+    user_id: Mapped[uuid.UUID | None]
+    agent_id: Mapped[uuid.UUID | None]
+    app_name: Mapped[str] = mapped_column(String(128))
+    adk_user_id: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(None, "tenant_id", "app_name", "kind"),
+        Index(None, "user_id"),
+        MYSQL_TABLE_ARGS,
+    )
+
+
+adk_sessions_table = cast("Table", AdkSessionRow.__table__)
+adk_states_table = cast("Table", AdkStateRow.__table__)

@@ -225,6 +225,73 @@ def utc_now_0006() -> Any:
     return datetime.now(UTC)
 
 
+async def write_0007(store: mofa_persist.Store, facts: Facts) -> None:
+    from mofa_persist.ids import uuid7
+    from mofa_persist.models import adk_sessions_table, adk_states_table
+
+    view = store.scoped(tenant_id="5e1d7c3b-9a2f-4b6e-8d0c-2f4a6b8c0e17")
+    name = f"adk session {uuid7()} ✓"
+    session = await view.session_for("adk", name)
+    assert session is not None
+    key_hash = uuid7().hex * 2
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            adk_sessions_table.insert().values(
+                id=uuid7(),
+                session_id=session.id,
+                tenant_id=view.scope.tenant_id,
+                app_name="app ✓",
+                adk_user_id="user 😀",
+                adk_session_id=name,
+                state={"k": [1, 2.5, None]},
+                update_time=1765000000.123456,
+                created_at=utc_now_0006(),
+            )
+        )
+        await conn.execute(
+            adk_states_table.insert().values(
+                id=uuid7(),
+                key_hash=key_hash,
+                kind="user",
+                tenant_id=view.scope.tenant_id,
+                user_id=None,
+                agent_id=None,
+                app_name="app ✓",
+                adk_user_id="user 😀",
+                state={"theme": "dark"},
+                updated_at=utc_now_0006(),
+            )
+        )
+    facts["0007"] = {"session": session.id, "name": name, "key_hash": key_hash}
+
+
+async def check_0007(store: mofa_persist.Store, facts: Facts) -> None:
+    from mofa_persist.models import adk_sessions_table, adk_states_table
+
+    fact = facts["0007"]
+    view = store.scoped(tenant_id="5e1d7c3b-9a2f-4b6e-8d0c-2f4a6b8c0e17")
+    found = await view.session_for("adk", fact["name"], create=False)
+    assert found is not None
+    assert found.id == fact["session"]
+    async with store.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(adk_sessions_table).where(adk_sessions_table.c.session_id == found.id)
+            )
+        ).one()
+        state = (
+            await conn.execute(
+                sa.select(adk_states_table.c.state).where(
+                    adk_states_table.c.key_hash == fact["key_hash"]
+                )
+            )
+        ).scalar_one()
+    assert (row.app_name, row.adk_user_id, row.adk_session_id) == ("app ✓", "user 😀", fact["name"])
+    assert row.state == {"k": [1, 2.5, None]}
+    assert row.update_time == 1765000000.123456
+    assert state == {"theme": "dark"}
+
+
 WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]], ...]] = {
     "0001": (write_0001, check_0001),
     "0002": (write_0002, check_0002),
@@ -232,6 +299,7 @@ WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]],
     "0004": (write_0004, check_0004),
     "0005": (write_0005, check_0005),
     "0006": (write_0006, check_0006),
+    "0007": (write_0007, check_0007),
 }
 
 
