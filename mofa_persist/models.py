@@ -28,7 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -382,6 +382,15 @@ langgraph_writes_table = cast("Table", LangGraphWriteRow.__table__)
 # by the ADK user's library user id) so that erasure and views cover them.
 
 
+#: ADK's names, compared and ordered by code point on every backend (MySQL's default collation
+#: ignores case, PostgreSQL's follows the server's locale); 128 characters as in ADK's tables.
+AdkName = (
+    String(128)
+    .with_variant(postgresql.VARCHAR(128, collation="C"), "postgresql")
+    .with_variant(mysql.VARCHAR(128, collation="utf8mb4_bin"), "mysql", "mariadb")
+)
+
+
 class AdkSessionRow(Base):
     """ADK's side of one session: its names, its session-scoped state, its update time."""
 
@@ -393,9 +402,9 @@ class AdkSessionRow(Base):
     )
     #: The session's tenant, copied so that listings of one tenant walk one index.
     tenant_id: Mapped[uuid.UUID | None]
-    app_name: Mapped[str] = mapped_column(String(128))
-    adk_user_id: Mapped[str] = mapped_column(String(128))
-    adk_session_id: Mapped[str] = mapped_column(String(128))
+    app_name: Mapped[str] = mapped_column(AdkName)
+    adk_user_id: Mapped[str] = mapped_column(AdkName)
+    adk_session_id: Mapped[str] = mapped_column(AdkName)
     state: Mapped[dict[str, Any]]
     #: ADK's ``last_update_time`` (the newest event's timestamp), exactly as a float.
     update_time: Mapped[float] = mapped_column(Double)
@@ -439,8 +448,8 @@ class AdkStateRow(Base):
     tenant_id: Mapped[uuid.UUID | None]
     user_id: Mapped[uuid.UUID | None]
     agent_id: Mapped[uuid.UUID | None]
-    app_name: Mapped[str] = mapped_column(String(128))
-    adk_user_id: Mapped[str | None] = mapped_column(String(128))
+    app_name: Mapped[str] = mapped_column(AdkName)
+    adk_user_id: Mapped[str | None] = mapped_column(AdkName)
     state: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime]
 

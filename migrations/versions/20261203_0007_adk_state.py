@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql, postgresql
 
 from mofa_persist.types import JSONDocument, UTCDateTime
 
@@ -19,6 +20,12 @@ down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# As in mofa_persist.models (a migration keeps the types it was written with).
+AdkName = (
+    sa.String(128)
+    .with_variant(postgresql.VARCHAR(128, collation="C"), "postgresql")
+    .with_variant(mysql.VARCHAR(128, collation="utf8mb4_bin"), "mysql", "mariadb")
+)
 MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
@@ -28,9 +35,9 @@ def upgrade() -> None:
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("session_id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=True),
-        sa.Column("app_name", sa.String(length=128), nullable=False),
-        sa.Column("adk_user_id", sa.String(length=128), nullable=False),
-        sa.Column("adk_session_id", sa.String(length=128), nullable=False),
+        sa.Column("app_name", AdkName, nullable=False),
+        sa.Column("adk_user_id", AdkName, nullable=False),
+        sa.Column("adk_session_id", AdkName, nullable=False),
         sa.Column("state", JSONDocument, nullable=False),
         sa.Column("update_time", sa.Double(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
@@ -62,8 +69,8 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.Uuid(), nullable=True),
         sa.Column("user_id", sa.Uuid(), nullable=True),
         sa.Column("agent_id", sa.Uuid(), nullable=True),
-        sa.Column("app_name", sa.String(length=128), nullable=False),
-        sa.Column("adk_user_id", sa.String(length=128), nullable=True),
+        sa.Column("app_name", AdkName, nullable=False),
+        sa.Column("adk_user_id", AdkName, nullable=True),
         sa.Column("state", JSONDocument, nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_adk_states")),
