@@ -115,7 +115,7 @@ def parse_source(source_url: str) -> _Source:
         return _Source(URL.create("sqlite+aiosqlite", database=str(path)), str(path), True)
     try:
         url = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a malformed port or host
         raise InvalidInputError(f"the source is not a database URL; give {SOURCE_FORMS}") from None
     backend = _BACKENDS.get(url.get_backend_name())
     if backend is None:
