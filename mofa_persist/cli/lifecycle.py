@@ -45,6 +45,7 @@ RULE_OPTIONS = {
     "idle_session_age": "--idle-session-age",
     "state_versions": "--state-versions",
     "api_call_age": "--api-call-age",
+    "checkpoints_per_thread": "--checkpoints-per-thread",
 }
 
 
@@ -87,6 +88,13 @@ def prune(
     api_call_age: Annotated[
         str | None, _option("--api-call-age", "Delete provider calls older than this.")
     ] = None,
+    checkpoints_per_thread: Annotated[
+        int | None,
+        _option(
+            "--checkpoints-per-thread",
+            "Keep each LangGraph thread's newest N checkpoints (N >= 1).",
+        ),
+    ] = None,
     tenant: TenantOption = None,
     user: UserOption = None,
     agent: AgentOption = None,
@@ -125,6 +133,7 @@ def prune(
             ("idle_session_age", idle_session_age),
             ("state_versions", state_versions),
             ("api_call_age", api_call_age),
+            ("checkpoints_per_thread", checkpoints_per_thread),
         )
         if value is not None
     }

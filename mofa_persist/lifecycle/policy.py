@@ -38,6 +38,9 @@ class RetentionPolicy:
     - ``state_versions``: only each session's newest N state snapshots are kept (N >= 1, so
       ``load_state()`` always finds the newest).
     - ``api_call_age``: provider calls older than this are deleted.
+    - ``checkpoints_per_thread``: only the newest N checkpoints (N >= 1) of each LangGraph
+      thread (per checkpoint namespace) are kept, with their pending writes and the channel
+      values they use; the rest go (see :mod:`mofa_persist.lifecycle.checkpoints`).
 
     ``seq`` numbering and state versions go on where they were after a prune: the counters
     live on the session row, which message and state retention never delete.
@@ -48,6 +51,7 @@ class RetentionPolicy:
     idle_session_age: timedelta | None = None
     state_versions: int | None = None
     api_call_age: timedelta | None = None
+    checkpoints_per_thread: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("message_age", "idle_session_age", "api_call_age"):
@@ -58,7 +62,11 @@ class RetentionPolicy:
                 raise InvalidInputError(f"{name} must be a timedelta (or an age like '30d')")
             if value < timedelta(0):
                 raise InvalidInputError(f"{name} must not be negative")
-        for name, least in (("messages_per_session", 0), ("state_versions", 1)):
+        for name, least in (
+            ("messages_per_session", 0),
+            ("state_versions", 1),
+            ("checkpoints_per_thread", 1),
+        ):
             value = getattr(self, name)
             if value is None:
                 continue

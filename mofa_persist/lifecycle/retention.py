@@ -18,6 +18,8 @@ from ..backend import scope_filter
 from ..errors import InvalidInputError
 from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
 from .batches import Progress, count_rows, delete_in_batches, session_pages
+from .checkpoints import TABLES as CHECKPOINT_TABLES
+from .checkpoints import CheckpointRetention
 
 if TYPE_CHECKING:
     import uuid
@@ -62,7 +64,8 @@ async def apply_retention(
 ) -> RetentionReport:
     """Delete what ``policy`` no longer keeps, within ``store``'s view.
 
-    Returns per-table counts (``sessions``, ``messages``, ``agent_state``, ``api_calls``).
+    Returns per-table counts (``sessions``, ``messages``, ``agent_state``, ``api_calls``, and
+    with ``checkpoints_per_thread`` the three ``langgraph_*`` tables).
     ``on_progress(table, rows)`` is called after every batch.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -71,6 +74,8 @@ async def apply_retention(
         raise InvalidInputError("now must be a timezone-aware datetime")
     ran_at = now or datetime.now(UTC)
     counts = dict.fromkeys(("sessions", "messages", "agent_state", "api_calls"), 0)
+    if policy.checkpoints_per_thread is not None:
+        counts.update(dict.fromkeys(CHECKPOINT_TABLES, 0))
     owned = scope_filter(store.scope)  # the view, on the sessions table
     run = _Run(store, owned, batch_size, dry_run, on_progress, counts)
     if policy.idle_session_age is not None:
@@ -85,6 +90,16 @@ async def apply_retention(
         await run.messages(cutoff, policy.messages_per_session)
     if policy.state_versions is not None:
         await run.states(policy.state_versions)
+    if policy.checkpoints_per_thread is not None:
+        await CheckpointRetention(
+            store,
+            run.owned,
+            policy.checkpoints_per_thread,
+            batch_size,
+            dry_run,
+            on_progress,
+            counts,
+        ).run()
     if policy.api_call_age is not None:
         where = [c_t.c.created_at < ran_at - policy.api_call_age, *scope_filter(store.scope, c_t)]
         counts["api_calls"] += await delete_in_batches(
