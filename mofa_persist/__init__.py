@@ -28,6 +28,7 @@ from .errors import (
 )
 from .lifecycle import Erasure, RetentionPolicy, RetentionReport
 from .records import AgentState, ApiCall, Message, Page, Session, Turn, Usage
+from .searching import MessageHit
 from .store import (
     UNSET,
     MemoryStore,
@@ -55,6 +56,7 @@ __all__ = [
     "LLMAgentBuilder",
     "MemoryStore",
     "Message",
+    "MessageHit",
     "MySqlStore",
     "NotFoundError",
     "OpenAIProvider",

@@ -47,12 +47,13 @@ from .repository.core import UNSET as UNSET
 from .repository.external import ExternalKeysApi
 from .repository.history import HistoryApi
 from .repository.lifecycle import LifecycleApi
+from .repository.search import SearchApi
 from .repository.sessions import SessionsApi
 from .repository.state import StateApi
 from .repository.usage import UsageApi
 
 
-class Store(SessionsApi, HistoryApi, StateApi, UsageApi, LifecycleApi, ExternalKeysApi):
+class Store(SessionsApi, HistoryApi, StateApi, UsageApi, LifecycleApi, ExternalKeysApi, SearchApi):
     """Sessions, messages and agent state in one database.
 
     Get one with ``await Store.connect(url)`` (or :func:`mofa_persist.connect`); use it as an

@@ -1,0 +1,358 @@
+"""Search across conversations: the native full-text index finds candidates, the exact
+matcher of :mod:`mofa_persist.searching` decides, so every backend gives the same hits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import uuid
+import weakref
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    Float,
+    Numeric,
+    Uuid,
+    and_,
+    cast,
+    column,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    table,
+    text,
+)
+from sqlalchemy.dialects.mysql import match as mysql_match
+
+from ..errors import BackendError, InvalidInputError
+from ..keys import database_key, keyed_digest
+from ..records import Message, Page
+from ..searching import (
+    MessageHit,
+    Query,
+    mysql_terms,
+    parse_query,
+    postgres_tsquery,
+    sqlite_match,
+)
+from ..validate import check_limit, check_role, coerce_uuid
+from .core import StoreCore
+from .tables import m_t, s_t
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+    from sqlalchemy.sql.elements import ColumnElement
+
+    from ..backend import _Backend
+
+#: Default and largest page of :meth:`SearchApi.search_messages`.
+DEFAULT_HITS = 20
+MAX_HITS = 500
+#: The revision that creates the search indexes.
+SEARCH_REVISION = "0008"
+#: As in migration 0008: the PostgreSQL index expression, repeated so the planner uses it.
+_PG_VECTOR = (
+    "to_tsvector('simple'::regconfig, "
+    "regexp_replace(left(messages.content, 100000), '[^[:alnum:]]+', ' ', 'g'))"
+)
+_PG_LONG = "length(messages.content) > 100000"
+
+_CURSOR_PREFIX = "s1."
+_MALFORMED = "cursor is malformed: pass a page's next_cursor unchanged"
+_FOREIGN = (
+    "cursor does not belong to this search: pass a page's next_cursor unchanged, to the same "
+    "view with the same query and filters"
+)
+
+_fts = table("messages_search", column("rowid"))
+_fts_map = table("messages_search_map", column("id"), column("message_id", Uuid()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """What was learnt once per connected database: the index exists (and MySQL's sizes)."""
+
+    min_token: int = 3
+    max_token: int = 84
+
+
+_READY: weakref.WeakKeyDictionary[_Backend, _Ready] = weakref.WeakKeyDictionary()
+
+
+class SearchApi(StoreCore):
+    """Search across conversations, within the view."""
+
+    async def search_messages(
+        self,
+        query: str,
+        *,
+        session_id: uuid.UUID | str | None = None,
+        role: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = DEFAULT_HITS,
+        cursor: str | None = None,
+    ) -> Page[MessageHit]:
+        """Messages matching ``query`` (see docs/search.md), most relevant first, ties newest
+        first, one page at a time.
+
+        ``since`` is inclusive and ``until`` exclusive (timezone-aware). ``next_cursor`` is
+        bound to this view, query and filters; it is ``None`` on the last page.
+        """
+        parsed = parse_query(query)
+        sid = coerce_uuid("session_id", session_id, optional=True)
+        checked_role = None if role is None else check_role(role)
+        for name, bound in (("since", since), ("until", until)):
+            if bound is not None and (not isinstance(bound, datetime) or bound.tzinfo is None):
+                raise InvalidInputError(f"{name} must be a timezone-aware datetime")
+        size = check_limit("limit", limit, optional=False)
+        assert size is not None
+        if size > MAX_HITS:
+            raise InvalidInputError(f"limit must be at most {MAX_HITS}; got {size}")
+        binding = "|".join(
+            [
+                "search_messages",
+                self._scope.describe(),
+                parsed.text,
+                f"session_id={sid or ''}",
+                f"role={checked_role or ''}",
+                f"since={since.isoformat() if since else ''}",
+                f"until={until.isoformat() if until else ''}",
+            ]
+        )
+        key = await database_key(self)
+        after = None if cursor is None else _decode(key, binding, cursor)
+        ready = await self._search_ready()
+        if size == 0:
+            return Page([], None)
+        filters: list[ColumnElement[bool]] = [*self._scope_filter()]
+        if sid is not None:
+            filters.append(m_t.c.session_id == sid)
+        if checked_role is not None:
+            filters.append(m_t.c.role == checked_role)
+        if since is not None:
+            filters.append(m_t.c.created_at >= since)
+        if until is not None:
+            filters.append(m_t.c.created_at < until)
+        kind = self._backend.url.kind
+        batch = max(2 * (size + 1), 50)
+
+        async def work(conn: AsyncConnection) -> Page[MessageHit]:
+            if sid is not None:
+                await self._require_session(conn, sid)
+            hits: list[tuple[MessageHit, str]] = []
+            position = after
+            while len(hits) <= size:
+                stmt = _candidates(kind, parsed, ready, filters, position, batch)
+                rows = (await conn.execute(stmt)).all()
+                for row in rows:
+                    rank_text = _rank_text(row.rank)
+                    position = (rank_text, row.created_at, row.id)
+                    if parsed.matches(row.content):
+                        hits.append((_hit(row, parsed), rank_text))
+                        if len(hits) > size:
+                            break
+                if len(rows) < batch:
+                    break
+            next_cursor = None
+            if len(hits) > size:
+                last, rank_text = hits[size - 1]
+                next_cursor = _encode(
+                    key, binding, rank_text, last.message.created_at, last.message.id
+                )
+            return Page([hit for hit, _ in hits[:size]], next_cursor)
+
+        return await self._run(work, write=False, action="search messages", stale_ok=sid is None)
+
+    async def _search_ready(self) -> _Ready:
+        """That the search index exists (migration 0008), learnt once per database."""
+        backend = self._backend
+        known = _READY.get(backend)
+        if known is not None:
+            return known
+        kind = backend.url.kind
+        if kind == "postgresql":
+            probe = text(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema()"
+                " AND indexname = 'ix_messages_search'"
+            )
+        elif kind == "mysql":
+            probe = text(
+                "SELECT count(*) FROM information_schema.statistics"
+                " WHERE table_schema = DATABASE() AND table_name = 'messages'"
+                " AND index_name = 'ix_messages_search'"
+            )
+        else:
+            probe = text(
+                "SELECT count(*) FROM sqlite_master WHERE name IN "
+                "('messages_search', 'messages_search_map', 'messages_search_insert', "
+                "'messages_search_delete')"
+            )
+
+        async def work(conn: AsyncConnection) -> _Ready | None:
+            found = int((await conn.execute(probe)).scalar_one())
+            if found != (4 if kind in ("sqlite", "memory") else 1):
+                return None
+            if kind != "mysql":
+                return _Ready()
+            sizes = text("SELECT @@innodb_ft_min_token_size, @@innodb_ft_max_token_size")
+            low, high = (await conn.execute(sizes)).one()
+            return _Ready(int(low), int(high))
+
+        ready = await self._run(work, write=False, action="check the search index")
+        if ready is None:
+            url = backend.url
+            raise BackendError(
+                f"the {url.kind} database at {url.host}/{url.database} has no search index: "
+                f"search needs schema revision {SEARCH_REVISION} or newer "
+                "(run `mofa-persist upgrade`, or connect with migrate=True)",
+                host=url.host,
+                database=url.database,
+            )
+        _READY[backend] = ready
+        return ready
+
+
+def _candidates(
+    kind: str,
+    query: Query,
+    ready: _Ready,
+    filters: list[ColumnElement[bool]],
+    after: tuple[str, datetime, uuid.UUID] | None,
+    batch: int,
+) -> Any:
+    """One keyset batch of candidate messages, ordered by (rank, created_at, id) descending."""
+    where: list[Any] = list(filters)
+    source: Any = m_t.join(s_t, s_t.c.id == m_t.c.session_id)
+    rank: Any
+    if kind in ("sqlite", "memory"):
+        expression = sqlite_match(query)
+        if expression is not None:
+            source = (
+                _fts.join(_fts_map, _fts_map.c.id == _fts.c.rowid)
+                .join(m_t, m_t.c.id == _fts_map.c.message_id)
+                .join(s_t, s_t.c.id == m_t.c.session_id)
+            )
+            where.append(text("messages_search MATCH :fts_query").bindparams(fts_query=expression))
+            rank = cast(-func.bm25(literal_column("messages_search")), Float)
+        else:
+            rank = cast(literal(0.0), Float)
+    elif kind == "postgresql":
+        tsquery = postgres_tsquery(query)
+        if tsquery is not None:
+            bound = func.to_tsquery(literal_column("'simple'::regconfig"), literal(tsquery))
+            vector: ColumnElement[Any] = literal_column(_PG_VECTOR)
+            where.append(or_(vector.op("@@")(bound), literal_column(_PG_LONG)))
+            rank = cast(func.ts_rank(vector, bound), Float)
+        else:
+            rank = cast(literal(0.0), Float)
+    else:
+        against, likes = mysql_terms(query, ready.min_token, ready.max_token)
+        if against is not None:
+            found = mysql_match(m_t.c.content, against=literal(against)).in_boolean_mode()
+            where.append(found)
+            rank = cast(found, Numeric(65, 30))
+        else:
+            for pattern in likes:
+                # Case- and accent-insensitive: a superset that the matcher narrows.
+                content = m_t.c.content.collate("utf8mb4_general_ci")
+                where.append(content.like(literal(pattern), escape="\\"))
+            rank = cast(literal(0), Numeric(65, 30))
+    inner = (
+        select(
+            m_t.c.id,
+            m_t.c.session_id,
+            m_t.c.seq,
+            m_t.c.role,
+            m_t.c.content,
+            m_t.c.metadata,
+            m_t.c.created_at,
+            s_t.c.title.label("session_title"),
+            rank.label("rank"),
+        )
+        .select_from(source)
+        .where(*where)
+        .subquery("hits")
+    )
+    stmt = select(inner)
+    if after is not None:
+        rank_text, created_at, message_id = after
+        last_rank: Any = Decimal(rank_text) if kind == "mysql" else float(rank_text)
+        stmt = stmt.where(
+            or_(
+                inner.c.rank < last_rank,
+                and_(
+                    inner.c.rank == last_rank,
+                    or_(
+                        inner.c.created_at < created_at,
+                        and_(inner.c.created_at == created_at, inner.c.id < message_id),
+                    ),
+                ),
+            )
+        )
+    return stmt.order_by(inner.c.rank.desc(), inner.c.created_at.desc(), inner.c.id.desc()).limit(
+        batch
+    )
+
+
+def _rank_text(rank: object) -> str:
+    """The rank exactly as the database computed it (a cursor compares it for equality)."""
+    if isinstance(rank, Decimal):
+        return str(rank)
+    return repr(float(rank))  # type: ignore[arg-type]
+
+
+def _hit(row: Any, query: Query) -> MessageHit:
+    message = Message(
+        id=row.id,
+        session_id=row.session_id,
+        seq=row.seq,
+        role=row.role,
+        content=row.content,
+        metadata=row.metadata,
+        created_at=row.created_at,
+    )
+    return MessageHit(
+        message=message,
+        session_id=row.session_id,
+        session_title=row.session_title,
+        rank=float(row.rank),
+        snippet=query.snippet(row.content),
+    )
+
+
+def _encode(
+    key: bytes, binding: str, rank_text: str, created_at: datetime, message_id: uuid.UUID
+) -> str:
+    position = f"{rank_text}|{created_at.isoformat()}|{message_id.hex}"
+    mac = keyed_digest(key, "search-cursor", binding, position)[:32]
+    raw = f"{position}|{mac}".encode()
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(key: bytes, binding: str, cursor: object) -> tuple[str, datetime, uuid.UUID]:
+    if not isinstance(cursor, str) or not cursor.startswith(_CURSOR_PREFIX):
+        raise InvalidInputError(_MALFORMED)
+    body = cursor[len(_CURSOR_PREFIX) :]
+    try:
+        data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        if base64.urlsafe_b64encode(data).decode().rstrip("=") != body:
+            raise ValueError("not the canonical encoding")
+        rank_text, stamp, hex_id, mac = data.decode().split("|")
+        Decimal(rank_text)
+        created_at = datetime.fromisoformat(stamp)
+        message_id = uuid.UUID(hex=hex_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, InvalidOperation):
+        raise InvalidInputError(_MALFORMED) from None
+    if created_at.tzinfo is None or len(hex_id) != 32:
+        raise InvalidInputError(_MALFORMED)
+    expected = keyed_digest(key, "search-cursor", binding, f"{rank_text}|{stamp}|{hex_id}")
+    if not hmac.compare_digest(mac, expected[:32]):
+        raise InvalidInputError(_FOREIGN)
+    return rank_text, created_at, message_id
