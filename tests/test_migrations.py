@@ -244,3 +244,47 @@ def test_installed_wheel_migrates_from_outside_the_repository(tmp_path: Path) ->
     assert location.startswith(str(target))
     assert location.endswith("_migrations")
     assert (outside / "wheel.db").is_file()
+
+
+async def test_search_index_builds_on_a_populated_database_and_downgrades(fresh_url: str) -> None:
+    """Messages written before migration 0008 are found after it; before it (and after
+    downgrading it) search is a typed error naming the revision, never a driver error."""
+    from mofa_persist.migrate import downgrade, upgrade
+
+    engine = create_engine(parse_url(fresh_url), use_null_pool=True, enforce_foreign_keys=False)
+    try:
+        await upgrade(engine, "0007")
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            session = await store.create_session(title="before the index")
+            await store.append_messages(
+                session.id,
+                [
+                    {"role": "user", "content": f"Заказ {number} — order {number}"}
+                    for number in range(48200, 48230)
+                ],
+            )
+            with pytest.raises(mofa_persist.BackendError, match="revision 0008"):
+                await store.search_messages("order")
+        await upgrade(engine, "head")
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            hits = (await store.search_messages("заказ 48213")).items
+            assert [hit.message.seq for hit in hits] == [14]
+            assert len((await store.search_messages("order", limit=100)).items) == 30
+            await store.append_message(session.id, "user", "order 99999 after the index")
+            assert len((await store.search_messages("99999")).items) == 1
+        _, revision, diff = await inspect_db(fresh_url)
+        assert (revision, diff) == (head_revision(), [])
+        await downgrade(engine, "-1")
+        _, revision, diff = await inspect_db(fresh_url)
+        assert revision == "0007"
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            with pytest.raises(mofa_persist.BackendError, match="revision 0008"):
+                await store.search_messages("order")
+            # Writes still work without the index (no trigger or index left behind).
+            await store.append_message(session.id, "user", "order 12345 after the downgrade")
+            await store.delete_session(session.id)
+        await upgrade(engine, "head")
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            assert (await store.search_messages("order")).items == []
+    finally:
+        await engine.dispose()

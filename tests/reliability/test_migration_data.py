@@ -292,6 +292,26 @@ async def check_0007(store: mofa_persist.Store, facts: Facts) -> None:
     assert state == {"theme": "dark"}
 
 
+SEARCH_TENANT = "0b7f3e29-6c1d-4a85-9e42-7d3a1c5b8f60"
+
+
+async def write_0008(store: mofa_persist.Store, facts: Facts) -> None:
+    view = store.scoped(tenant_id=SEARCH_TENANT)
+    session = await view.create_session(title="search ✓")
+    message = await view.append_message(session.id, "user", "Где мой заказ kumquat_42? ΔΡΟΜΟΣ.")
+    facts.setdefault("0008", {"messages": []})["messages"].append(message.id)
+
+
+async def check_0008(store: mofa_persist.Store, facts: Facts) -> None:
+    view = store.scoped(tenant_id=SEARCH_TENANT)
+    hits = (await view.search_messages("kumquat_42 δρομος", limit=100)).items
+    assert {hit.message.id for hit in hits} == set(facts["0008"]["messages"])
+    # Messages written before the index existed are in it too.
+    old = store.scoped(tenant_id=facts["0001"]["tenant"])
+    found = (await old.search_messages("HÉLLO")).items
+    assert [hit.session_id for hit in found] == [facts["0001"]["session"]]
+
+
 WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]], ...]] = {
     "0001": (write_0001, check_0001),
     "0002": (write_0002, check_0002),
@@ -300,6 +320,7 @@ WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]],
     "0005": (write_0005, check_0005),
     "0006": (write_0006, check_0006),
     "0007": (write_0007, check_0007),
+    "0008": (write_0008, check_0008),
 }
 
 
