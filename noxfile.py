@@ -74,10 +74,10 @@ def tests(session: nox.Session, dialect: str) -> None:
 
 @nox.session
 def integrations(session: nox.Session) -> None:
-    """The framework integrations (OpenAI Agents, LangGraph) on every backend, with each
+    """The framework integrations (OpenAI Agents, LangGraph, ADK) on every backend, with each
     framework's own contract: its conformance suite, or the same tests run on its reference
     store too. The base install never imports a framework; this session installs the extras."""
-    session.install(".[all,openai-agents,langgraph]")
+    session.install(".[all,openai-agents,langgraph,adk]")
     for group in ("test", "integrations"):
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
     session.run(

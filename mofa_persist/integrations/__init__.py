@@ -4,6 +4,8 @@
   SDK (``pip install 'mofa-persist[openai-agents]'``).
 - ``mofa_persist.integrations.langgraph``: ``MofaSaver``, a LangGraph checkpointer
   (``pip install 'mofa-persist[langgraph]'``).
+- ``mofa_persist.integrations.adk``: ``MofaSessionService``, a Google ADK session service
+  (``pip install 'mofa-persist[adk]'``).
 
 A framework's session is an ordinary session of this library (see
 :meth:`mofa_persist.Store.session_for`): the CLI, export and copy, retention, erasure and
