@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -473,3 +475,28 @@ def test_cli_errors(tmp_path: Path) -> None:
     unknown = run("import-from", "crewai", "x.db", "--url", dest)
     assert unknown.exit_code == 2
     assert "crewai" in unknown.stderr
+
+
+def test_cli_without_the_sdk_names_the_extra(tmp_path: Path) -> None:
+    """The command itself imports no framework; asked for one that is missing, it says what
+    to install in one line (exit code 1)."""
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'agents' or name.startswith('agents.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from mofa_persist.cli import main\n"
+        "sys.argv = ['mofa-persist', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide, "import-from", "openai-agents", "x.db", "--url",
+         f"sqlite://{tmp_path / 'dest.db'}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: import-from openai-agents needs the OpenAI Agents SDK: ")
+    assert "pip install 'mofa-persist[openai-agents]'" in line
