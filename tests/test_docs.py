@@ -41,7 +41,7 @@ NOT_RUN = {
     "pip install": "installs packages (nox -s integrations installs the extras)",
 }
 #: Pages about an integration need its framework: nox -s integrations runs them.
-FRAMEWORKS = {"openai-agents.md": "agents", "langgraph.md": "langgraph"}
+FRAMEWORKS = {"openai-agents.md": "agents", "langgraph.md": "langgraph", "adk.md": "google.adk"}
 
 pytestmark = pytest.mark.skipif(
     "sqlite" not in selected_backends(), reason="the docs run once, in the SQLite session"
