@@ -4,11 +4,16 @@ same hits everywhere; views, cursors, history edits, lifecycle and bad queries."
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pytest
+from typer.testing import CliRunner
 
+import mofa_persist
 from mofa_persist import (
     InvalidInputError,
     MessageHit,
@@ -16,7 +21,13 @@ from mofa_persist import (
     RetentionPolicy,
     Store,
 )
+from mofa_persist.cli import app
 from mofa_persist.searching import parse_query
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from typer.testing import Result
 
 CORPUS: dict[str, tuple[str, str]] = {
     "latin": ("user", "Le café de la Société Générale coûte 3,50 €; naïve façade."),
@@ -94,9 +105,7 @@ async def _all_hits(store: Store, query: str, **filters: object) -> list[Message
         cursor = page.next_cursor
 
 
-async def test_corpus_gives_the_same_hits_on_every_backend(
-    store: Store, tenant: uuid.UUID
-) -> None:
+async def test_corpus_gives_the_same_hits_on_every_backend(store: Store, tenant: uuid.UUID) -> None:
     view = store.scoped(tenant_id=tenant)
     keys, session_id = await _write_corpus(view)
     wrong: dict[str, tuple[set[str], set[str]]] = {}
@@ -206,9 +215,7 @@ async def test_a_view_never_finds_other_owners_messages(store: Store) -> None:
 
     assert await owners_found(store.scoped(tenant_id=tenant_a)) == set(owners[:3])
     assert await owners_found(store.scoped(tenant_id=tenant_b)) == {owners[3]}
-    assert await owners_found(store.scoped(tenant_id=tenant_a, user_id=user_1)) == set(
-        owners[:2]
-    )
+    assert await owners_found(store.scoped(tenant_id=tenant_a, user_id=user_1)) == set(owners[:2])
     assert await owners_found(
         store.scoped(tenant_id=tenant_a, user_id=user_1, agent_id=agent_2)
     ) == {owners[1]}
@@ -220,9 +227,7 @@ async def test_a_view_never_finds_other_owners_messages(store: Store) -> None:
         )
 
 
-async def test_cursors_are_bound_to_view_query_and_filters(
-    store: Store, tenant: uuid.UUID
-) -> None:
+async def test_cursors_are_bound_to_view_query_and_filters(store: Store, tenant: uuid.UUID) -> None:
     view = store.scoped(tenant_id=tenant)
     session = await view.create_session()
     await view.append_messages(session.id, [{"role": "user", "content": "lime"}] * 4)
@@ -342,3 +347,41 @@ async def test_queries_that_look_like_backend_syntax_are_plain_words(
     assert (await view.search_messages("-plums apples")).items == []
     with pytest.raises(InvalidInputError):
         await view.search_messages(123)  # type: ignore[arg-type]
+
+
+def test_cli_search_prints_snippets_honours_views_and_refuses_bad_queries(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite://{tmp_path / 'cli.db'}"
+    tenant, other = uuid.uuid4(), uuid.uuid4()
+
+    async def seed() -> uuid.UUID:
+        async with await mofa_persist.connect(url) as store:
+            mine = await store.create_session(tenant_id=tenant, title="support")
+            await store.append_message(mine.id, "user", "Where is order 48213? It is late.")
+            await store.append_message(mine.id, "assistant", "Order 48213 ships tomorrow.")
+            theirs = await store.create_session(tenant_id=other, title="theirs")
+            await store.append_message(theirs.id, "user", "order 48213 of someone else")
+            return mine.id
+
+    mine = asyncio.run(seed())
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(
+            app, ["search", *args, "--url", url], env={"DATABASE_URL": "", "COLUMNS": "200"}
+        )
+
+    table = run("order 48213")
+    assert table.exit_code == 0, table.output
+    assert table.output.count("**48213**") == 3
+    listed = run("order 48213", "--tenant", str(tenant), "--role", "user", "--json")
+    assert listed.exit_code == 0, listed.output
+    hits = json.loads(listed.stdout)["hits"]
+    assert [(hit["session_id"], hit["message"]["seq"]) for hit in hits] == [(str(mine), 1)]
+    assert hits[0]["snippet"] == "Where is **order** **48213**? It is late."
+    in_session = json.loads(run("48213", "--session", str(mine), "--json").stdout)["hits"]
+    assert len(in_session) == 2
+    bad = run("order(")
+    assert bad.exit_code == 1
+    assert "accepted forms" in bad.output and "Traceback" not in bad.output
+    assert run("order", "--user", str(uuid.uuid4())).exit_code == 1  # --user needs --tenant

@@ -20,7 +20,7 @@ from .app import app
 
 # Importing a command module registers its commands; --help lists them in this order.
 # isort: off
-from . import schema, inspection, timeline, data, frameworks, lifecycle, demo  # noqa: F401
+from . import schema, inspection, timeline, search, data, frameworks, lifecycle, demo  # noqa: F401
 # isort: on
 
 
