@@ -15,12 +15,16 @@ from typer.testing import CliRunner
 
 import mofa_persist
 from mofa_persist import (
+    EchoProvider,
     InvalidInputError,
+    LLMAgentBuilder,
     MessageHit,
     NotFoundError,
+    PersistencePlugin,
     RetentionPolicy,
     Store,
 )
+from mofa_persist.agent.agent import RECALL_TOOL
 from mofa_persist.cli import app
 from mofa_persist.searching import parse_query
 
@@ -385,3 +389,35 @@ def test_cli_search_prints_snippets_honours_views_and_refuses_bad_queries(
     assert bad.exit_code == 1
     assert "accepted forms" in bad.output and "Traceback" not in bad.output
     assert run("order", "--user", str(uuid.uuid4())).exit_code == 1  # --user needs --tenant
+
+
+async def test_agent_recall_finds_the_users_earlier_sessions_only(
+    store: Store, tenant: uuid.UUID
+) -> None:
+    user, agent_id = uuid.uuid4(), uuid.uuid4()
+    plugin = PersistencePlugin("persistence", store, user, tenant, agent_id)
+    agent = (
+        await LLMAgentBuilder()
+        .with_persistence_plugin(plugin)
+        .with_provider(EchoProvider())
+        .build_async()
+    )
+    first = agent.session_id
+    await agent.chat("I am allergic to peanuts and sesame")
+    await agent.create_session()
+    await agent.chat("book a table for friday")
+    stranger = PersistencePlugin("persistence", store, uuid.uuid4(), tenant, agent_id)
+    theirs = await stranger.create_session()
+    await stranger.store.append_message(theirs.id, "user", "I am allergic to peanuts too")
+
+    hits = await agent.recall("allergic peanut*")
+    assert {(hit["session_id"], hit["role"]) for hit in hits} == {
+        (str(first), "user"),
+        (str(first), "assistant"),  # the echo repeats it
+    }
+    assert all("**allergic**" in hit["snippet"] for hit in hits)
+    assert json.loads(json.dumps(hits)) == hits  # ready to hand to a model
+    assert RECALL_TOOL["function"]["name"] == "recall"
+    with pytest.raises(InvalidInputError, match="accepted forms"):
+        await agent.recall("peanuts?")
+    await agent.close()

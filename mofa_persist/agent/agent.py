@@ -469,6 +469,27 @@ class LLMAgent:
         self._check_open()
         return await self._plugin.list_sessions(limit=limit)
 
+    async def recall(self, query: str, *, limit: int = 5) -> list[dict[str, Any]]:
+        """The best hits for ``query`` across this user's sessions with this agent, as JSON-ready
+        dicts (session, seq, role, time, snippet): a long-term memory tool to give the model
+        (its schema: :data:`RECALL_TOOL`). ``query`` uses the store's query language (see
+        docs/search.md); one outside it is ``InvalidInputError`` naming the accepted forms,
+        a message that can be handed back to the model as the tool's answer.
+        """
+        self._check_open()
+        page = await self.store.search_messages(query, limit=limit)
+        return [
+            {
+                "session_id": str(hit.session_id),
+                "session_title": hit.session_title,
+                "seq": hit.message.seq,
+                "role": hit.message.role,
+                "created_at": hit.message.created_at.isoformat(),
+                "snippet": hit.snippet,
+            }
+            for hit in page.items
+        ]
+
     async def delete_session(self, session_id: uuid.UUID | str) -> None:
         """Delete a session with its messages and states.
 
@@ -480,6 +501,25 @@ class LLMAgent:
             await self.store.delete_session(sid)
             if sid == self._session_id:
                 await self._open(await self._plugin.create_session())
+
+
+#: :meth:`LLMAgent.recall` as an OpenAI-style function tool, for a provider that runs tools.
+RECALL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "recall",
+        "description": (
+            "Search this user's earlier conversations. Every word must match (whole words, any "
+            'case); "quoted phrase" for words in a row, -word to exclude, prefix* for a word '
+            "start. Returns the best matching messages with snippets (matches between **)."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "e.g. allerg* peanut"}},
+            "required": ["query"],
+        },
+    },
+}
 
 
 def _tool_item(tool: ChatMessage) -> dict[str, Any]:
