@@ -303,7 +303,8 @@ def header(scale: float) -> str:
         f"the ratios, taken in the same run, more than the absolute numbers); openai-agents "
         f"{version('openai-agents')}, SQLAlchemy {version('sqlalchemy')}, mofa-persist "
         f'{mofa_persist.__version__}. "MofaSession speed" is how many times faster '
-        "MofaSession is (items/s ratio, or the inverse ratio of ms)."
+        "MofaSession is (items/s ratio, or the inverse ratio of ms); items/s counts only the "
+        "calls that succeeded."
     )
 
 
