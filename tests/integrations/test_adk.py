@@ -797,3 +797,112 @@ def test_import_without_adk_names_the_extra() -> None:
     result = run_python(hide)
     assert result.returncode == 0, result.stderr
     assert "pip install 'mofa-persist[adk]'" in result.stdout
+
+
+# ---------------------------------------------------------------- import from ADK's database
+
+
+async def write_adk_database(service: DatabaseSessionService) -> None:
+    """Sessions, events and app/user state as ADK's DatabaseSessionService writes them."""
+    first = await service.create_session(
+        app_name="app",
+        user_id="alice",
+        session_id="s1",
+        state={"app:theme": "dark", "user:lang": "de", "topic": "weather"},
+    )
+    for event in varied_events():
+        await service.append_event(first, event)
+    second = await service.create_session(app_name="app", user_id="bob", session_id="s2 ✓")
+    await service.append_event(
+        second, text_event("hi", timestamp=1_500.0, state={"user:lang": "fr", "n": 1})
+    )
+    await service.create_session(app_name="other app", user_id="alice", session_id="empty")
+
+
+async def assert_same_answers(
+    reference: BaseSessionService, service: BaseSessionService, apps: list[str]
+) -> None:
+    for app in apps:
+        theirs = (await reference.list_sessions(app_name=app)).sessions
+        ours = (await service.list_sessions(app_name=app)).sessions
+        assert [(s.user_id, s.id, s.state) for s in ours] == [
+            (s.user_id, s.id, s.state) for s in theirs
+        ]
+        for listed in theirs:
+            names = {"app_name": app, "user_id": listed.user_id, "session_id": listed.id}
+            want = await reference.get_session(**names)
+            got = await service.get_session(**names)
+            assert want is not None and got is not None
+            assert got.state == want.state
+            assert [dump(e) for e in got.events] == [dump(e) for e in want.events]
+            assert got.last_update_time == pytest.approx(want.last_update_time, abs=1e-5)
+            assert await service.get_user_state(
+                app_name=app, user_id=listed.user_id
+            ) == await reference.get_user_state(app_name=app, user_id=listed.user_id)
+
+
+@pytest.mark.parametrize("mofa_url", BACKENDS, indirect=True)
+async def test_import_from_a_database_adk_wrote(
+    mofa_store: mofa_persist.Store, tmp_path: Path
+) -> None:
+    from mofa_persist.integrations.adk_import import import_from
+
+    path = tmp_path / "adk.db"
+    source = DatabaseSessionService(f"sqlite+aiosqlite:///{path}")
+    try:
+        await write_adk_database(source)
+        calls: list[tuple[int, int | None]] = []
+        counts = await import_from(str(path), mofa_store, lambda *call: calls.append(call))
+        assert counts == {
+            "sessions": 3,
+            "imported": 3,
+            "completed": 0,
+            "unchanged": 0,
+            "conflicts": 0,
+            "failed": 0,
+            "events": 5,
+            "app_states": 1,
+            "user_states": 2,
+        }
+        assert calls[0] == (0, 3)
+        assert calls[-1] == (3, 3)
+        service = MofaSessionService(mofa_store)
+        await assert_same_answers(source, service, ["app", "other app"])
+        # Again: nothing changes.
+        again = await import_from(f"sqlite+aiosqlite:///{path}", mofa_store, lambda *_: None)
+        assert (again["unchanged"], again["imported"], again["events"]) == (3, 0, 0)
+        # The source grows: only the new events are written.
+        grown = await source.get_session(app_name="app", user_id="bob", session_id="s2 ✓")
+        assert grown is not None
+        await source.append_event(grown, text_event("more", timestamp=1_600.0, state={"n": 2}))
+        more = await import_from(str(path), mofa_store, lambda *_: None)
+        assert (more["completed"], more["unchanged"], more["events"]) == (1, 2, 1)
+        await assert_same_answers(source, service, ["app", "other app"])
+        # A session that went its own way in the store is reported, not touched.
+        ours = await service.get_session(app_name="app", user_id="alice", session_id="s1")
+        assert ours is not None
+        await service.append_event(ours, text_event("only here", timestamp=9_999.0))
+        theirs = await source.get_session(app_name="app", user_id="alice", session_id="s1")
+        assert theirs is not None
+        await source.append_event(theirs, text_event("only there", timestamp=9_998.0))
+        clash = await import_from(str(path), mofa_store, lambda *_: None)
+        assert (clash["conflicts"], clash["unchanged"]) == (1, 2)
+        kept = await service.get_session(app_name="app", user_id="alice", session_id="s1")
+        assert kept is not None
+        assert texts(kept.events)[-1] == "only here"
+    finally:
+        await source.close()
+
+
+async def test_import_refuses_what_is_not_an_adk_database(tmp_path: Path) -> None:
+    from mofa_persist.integrations.adk_import import import_from
+
+    async with await mofa_persist.connect("memory://") as store:
+        for bad in ("", str(tmp_path / "missing.db"), "ftp://x/y", "sqlite+aiosqlite:///:memory:"):
+            with pytest.raises(InvalidInputError):
+                await import_from(bad, store, lambda *_: None)
+        other = tmp_path / "other.db"
+        async with await mofa_persist.connect(f"sqlite://{other}"):
+            pass  # a database of this library, not of ADK
+        with pytest.raises(InvalidInputError, match="no ADK session tables"):
+            await import_from(str(other), store, lambda *_: None)
