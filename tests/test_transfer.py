@@ -158,7 +158,7 @@ async def test_export_format_header_order_and_end_line(
     header, end = lines[0], lines[-1]
     assert header["type"] == "header"
     assert header["format"] == "mofa-persist"
-    assert header["version"] == 2
+    assert header["version"] == 3
     assert header["source"] == store.url.kind
     assert header["selection"] == {"tenant_id": str(tenant)}
     assert end == {

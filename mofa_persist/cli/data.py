@@ -47,10 +47,16 @@ def _parsed(
 
 
 def _counted(counts: transfer.Counts) -> str:
-    return (
+    text = (
         f"{counts.sessions} sessions, {counts.messages} messages, {counts.states} states, "
         f"{counts.api_calls} api calls"
     )
+    extra = {
+        name.replace("_", " "): value
+        for name, value in counts.as_dict().items()
+        if name not in ("sessions", "messages", "states", "api_calls")
+    }
+    return text + "".join(f", {value} {name}" for name, value in extra.items())
 
 
 # ---------------------------------------------------------------------- export
@@ -71,7 +77,8 @@ def export(
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Export sessions with their messages, states and provider calls as JSON Lines.
+    """Export sessions with their messages, states, provider calls, external keys and LangGraph
+    checkpoints as JSON Lines.
 
     --session, --tenant, --user and --agent combine (AND); --all takes every session.
     Streams in constant memory; the format is in docs/export-format.md.
@@ -184,9 +191,11 @@ def _report_import(output: Output, report: transfer.ImportReport) -> None:
     if output.as_json:
         output.json(report)
         return
-    table = Table("", "sessions", "messages", "states", "api calls")
-    for label, counts in (("inserted", report.inserted), ("unchanged", report.unchanged)):
-        table.add_row(label, *(str(v) for v in counts.as_dict().values()))
+    rows = (("inserted", report.inserted), ("unchanged", report.unchanged))
+    names = list({name: None for _, counts in rows for name in counts.as_dict()})
+    table = Table("", *(name.replace("_", " ") for name in names))
+    for label, counts in rows:
+        table.add_row(label, *(str(getattr(counts, name)) for name in names))
     output.out.print(table)
     for conflict in report.conflicts:
         output.out.print(Text(f"conflict: {conflict}", style="yellow"))

@@ -7,6 +7,7 @@ line is what two of them are compared by.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import uuid
@@ -15,7 +16,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..errors import InvalidInputError
-from ..models import agent_state_table, api_calls_table, messages_table, sessions_table
+from ..models import (
+    agent_state_table,
+    api_calls_table,
+    external_keys_table,
+    langgraph_blobs_table,
+    langgraph_checkpoints_table,
+    langgraph_writes_table,
+    messages_table,
+    sessions_table,
+)
 from ..validate import encode_document
 
 if TYPE_CHECKING:
@@ -26,27 +36,67 @@ if TYPE_CHECKING:
     from ..store import Store
 
 FORMAT_NAME: Final = "mofa-persist"
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 #: Version 1 files (before forks and ``at_seq``) still import; see lines.ADDED_IN_V2.
-READABLE_VERSIONS: Final = (1, 2)
+#: Version 2 files (before external keys and LangGraph rows) read as they are.
+READABLE_VERSIONS: Final = (1, 2, 3)
 DEFAULT_BATCH: Final = 1000
 
-Kind = Literal["session", "message", "state", "api_call"]
-KINDS: tuple[Kind, ...] = ("session", "message", "state", "api_call")
+Kind = Literal[
+    "session",
+    "message",
+    "state",
+    "api_call",
+    "external_key",
+    "langgraph_checkpoint",
+    "langgraph_blob",
+    "langgraph_write",
+]
+KINDS: tuple[Kind, ...] = (
+    "session",
+    "message",
+    "state",
+    "api_call",
+    "external_key",
+    "langgraph_checkpoint",
+    "langgraph_blob",
+    "langgraph_write",
+)
 
 s_t = sessions_table
 m_t = messages_table
 a_t = agent_state_table
 c_t = api_calls_table
+x_t = external_keys_table
 
-TABLES: dict[Kind, Table] = {"session": s_t, "message": m_t, "state": a_t, "api_call": c_t}
-#: A session's rows in the order they are exported, copied and checksummed.
+TABLES: dict[Kind, Table] = {
+    "session": s_t,
+    "message": m_t,
+    "state": a_t,
+    "api_call": c_t,
+    "external_key": x_t,
+    "langgraph_checkpoint": langgraph_checkpoints_table,
+    "langgraph_blob": langgraph_blobs_table,
+    "langgraph_write": langgraph_writes_table,
+}
+#: A session's rows in the order they are exported, copied and checksummed. The external
+#: key comes first: it is how a framework (LangGraph, OpenAI Agents) finds the session again.
 CHILDREN: tuple[tuple[Kind, Table, str], ...] = (
+    ("external_key", x_t, "id"),
     ("message", m_t, "seq"),
     ("state", a_t, "version"),
     ("api_call", c_t, "id"),
+    ("langgraph_checkpoint", langgraph_checkpoints_table, "id"),
+    ("langgraph_blob", langgraph_blobs_table, "id"),
+    ("langgraph_write", langgraph_writes_table, "id"),
 )
-JSON_COLUMNS = frozenset({"metadata", "state"})
+#: The JSON document columns of each kind (LangGraph's ``metadata`` is bytes, not JSON).
+JSON_COLUMNS: dict[Kind, frozenset[str]] = {
+    "session": frozenset({"metadata"}),
+    "message": frozenset({"metadata"}),
+    "state": frozenset({"state"}),
+}
+_NO_JSON: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -57,6 +107,10 @@ class Counts:
     messages: int = 0
     states: int = 0
     api_calls: int = 0
+    external_keys: int = 0
+    langgraph_checkpoints: int = 0
+    langgraph_blobs: int = 0
+    langgraph_writes: int = 0
 
     def add(self, kind: Kind, amount: int = 1) -> None:
         name = PLURAL[kind]
@@ -68,10 +122,16 @@ class Counts:
 
     @property
     def total(self) -> int:
-        return self.sessions + self.messages + self.states + self.api_calls
+        return sum(getattr(self, name) for name in PLURAL.values())
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in PLURAL.values()}
+        """The four core counts always; the others (format 3) only when there are any, so
+        that files and reports without framework rows read as they always did."""
+        return {
+            name: value
+            for name in PLURAL.values()
+            if (value := getattr(self, name)) or name in CORE_COUNTS
+        }
 
 
 PLURAL: dict[Kind, str] = {
@@ -79,7 +139,12 @@ PLURAL: dict[Kind, str] = {
     "message": "messages",
     "state": "states",
     "api_call": "api_calls",
+    "external_key": "external_keys",
+    "langgraph_checkpoint": "langgraph_checkpoints",
+    "langgraph_blob": "langgraph_blobs",
+    "langgraph_write": "langgraph_writes",
 }
+CORE_COUNTS = frozenset({"sessions", "messages", "states", "api_calls"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +210,14 @@ def in_view(store: Store, selection: Selection | None = None) -> Selection:
 
 
 def jsonable(value: object) -> object:
-    """A column value as JSON: UUIDs as text, datetimes as UTC ISO 8601 to the microsecond."""
+    """A column value as JSON: UUIDs as text, datetimes as UTC ISO 8601 to the microsecond,
+    binary payloads (LangGraph's) as standard base64."""
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
     return value
 
 
@@ -168,7 +236,7 @@ def canonical_line(kind: Kind, row: Mapping[Any, Any]) -> str:
     the same data; checksums and conflict checks compare these.
     """
     record = record_of(kind, row)
-    for name in JSON_COLUMNS.intersection(record):
+    for name in JSON_COLUMNS.get(kind, _NO_JSON).intersection(record):
         if isinstance(record[name], str):  # encoded for writing; compare as data
             record[name] = json.loads(record[name])
     return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -177,7 +245,7 @@ def canonical_line(kind: Kind, row: Mapping[Any, Any]) -> str:
 def encoded(kind: Kind, values: Mapping[Any, Any], exact_floats: bool) -> dict[str, Any]:
     """Values ready for INSERT: JSON documents as validated text for the target dialect."""
     prepared = dict(values)
-    for name in JSON_COLUMNS.intersection(prepared):
+    for name in JSON_COLUMNS.get(kind, _NO_JSON).intersection(prepared):
         document = prepared[name]
         if isinstance(document, str):
             document = json.loads(document)

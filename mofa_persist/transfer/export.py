@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 from sqlalchemy import func, select
 
 from .common import (
+    CHILDREN,
     DEFAULT_BATCH,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -21,11 +22,9 @@ from .common import (
     Counts,
     Kind,
     Selection,
-    a_t,
     c_t,
     in_view,
     jsonable,
-    m_t,
     record_of,
     s_t,
 )
@@ -43,10 +42,9 @@ async def count_selection(store: Store, selection: Selection) -> Counts:
     ids = select(s_t.c.id).where(*selection.session_filters())
     queries: dict[Kind, Any] = {
         "session": select(func.count()).select_from(s_t).where(*selection.session_filters()),
-        "message": select(func.count()).select_from(m_t).where(m_t.c.session_id.in_(ids)),
-        "state": select(func.count()).select_from(a_t).where(a_t.c.session_id.in_(ids)),
-        "api_call": select(func.count()).select_from(c_t).where(c_t.c.session_id.in_(ids)),
     }
+    for kind, table, _ in CHILDREN:
+        queries[kind] = select(func.count()).select_from(table).where(table.c.session_id.in_(ids))
     counts = Counts()
     async with translated(store, "count rows"), reading(store, stale_ok=True) as conn:
         for kind, query in queries.items():

@@ -7,6 +7,7 @@ error names its line, so a bad file is fixed where it is wrong.
 
 from __future__ import annotations
 
+import binascii
 import json
 import uuid
 from collections.abc import Callable
@@ -116,6 +117,46 @@ def _optional_text(name: str, value: object, exact: bool) -> str | None:
     return None if value is None else _text(name, value, exact)
 
 
+def _key(limit: int, *, least: int = 1, optional: bool = False) -> FieldCheck:
+    """A framework's key (a LangGraph namespace, channel, version...): any text, kept exactly,
+    of ``least`` to ``limit`` characters (the column's size)."""
+
+    def check(name: str, value: object, _exact: bool) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise InvalidInputError(f"{name} must be a string, not {_json_type(value)}")
+        if not least <= len(value) <= limit:
+            raise InvalidInputError(f"{name} must be {least} to {limit} characters")
+        return value
+
+    return check
+
+
+def _key_hash(name: str, value: object, _exact: bool) -> str:
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise InvalidInputError(f"{name} must be 64 lowercase hex digits (a SHA-256)")
+    return value
+
+
+def _binary(name: str, value: object, _exact: bool) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a base64 string, not {_json_type(value)}")
+    try:
+        return binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise InvalidInputError(f"{name} is not valid base64") from None
+
+
+def _optional_binary(name: str, value: object, exact: bool) -> bytes | None:
+    return None if value is None else _binary(name, value, exact)
+
+
+def _index(name: str, value: object, _exact: bool) -> int:
+    """A pending write's index: LangGraph's special channels use negative ones."""
+    return _integer(name, value, -_INT32_MAX)
+
+
 #: Every field of every line type, with its check; exactly the columns of its table.
 FIELDS: dict[Kind, dict[str, FieldCheck]] = {
     "session": {
@@ -163,6 +204,50 @@ FIELDS: dict[Kind, dict[str, FieldCheck]] = {
         "total_tokens": _optional_count,
         "latency_ms": _count,
         "error": _optional_text,
+        "created_at": _time,
+    },
+    "external_key": {
+        "id": _uuid,
+        "key_hash": _key_hash,
+        "namespace": _key(100),
+        "external_id": _key(10_000),
+        "session_id": _uuid,
+        "created_at": _time,
+    },
+    "langgraph_checkpoint": {
+        "id": _uuid,
+        "session_id": _uuid,
+        "checkpoint_ns": _key(300, least=0),
+        "checkpoint_id": _key(100),
+        "parent_checkpoint_id": _key(100, optional=True),
+        "run_id": _key(255, optional=True),
+        "checkpoint_type": _key(50),
+        "checkpoint": _binary,
+        "metadata_type": _key(50),
+        "metadata": _binary,
+        "created_at": _time,
+    },
+    "langgraph_blob": {
+        "id": _uuid,
+        "session_id": _uuid,
+        "checkpoint_ns": _key(300, least=0),
+        "channel": _key(200),
+        "version": _key(100),
+        "value_type": _key(50),
+        "value": _optional_binary,
+        "created_at": _time,
+    },
+    "langgraph_write": {
+        "id": _uuid,
+        "session_id": _uuid,
+        "checkpoint_ns": _key(300, least=0),
+        "checkpoint_id": _key(100),
+        "task_id": _key(150),
+        "idx": _index,
+        "channel": _key(255),
+        "value_type": _key(50),
+        "value": _optional_binary,
+        "task_path": _key(2**24, least=0),
         "created_at": _time,
     },
 }
@@ -223,7 +308,7 @@ def _parse(number: int, raw: bytes, exact_floats: bool) -> Line:
         return Line(number, kind, record)
     if kind not in FIELDS:
         raise InvalidInputError(
-            f"unknown type {kind!r}; expected header, session, message, state, api_call or end"
+            f"unknown type {kind!r}; expected header, {', '.join(FIELDS)} or end"
         )
     checks = FIELDS[kind]
     for name, default in ADDED_IN_V2.get(kind, {}).items():
