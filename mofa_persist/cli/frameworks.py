@@ -11,8 +11,9 @@ framework's importer module, which exposes::
 (``None`` while unknown); the counts returned are printed (``--json``: as an object). A count
 named ``conflicts`` or ``failed`` above zero means some sessions were left out: exit code 1.
 
-The importers import their framework; a missing framework or importer is one line saying what
-to install, not a traceback.
+An importer may also take ``on_problem(line)``: each session it left out is then printed as a
+``warning:`` line. The importers import their framework; a missing framework or importer is
+one line saying what to install, not a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import importlib
+import inspect
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -181,12 +183,13 @@ def import_from(
             options["sessions_table"] = sessions_table
         if messages_table is not None:
             options["messages_table"] = messages_table
-        options["on_problem"] = lambda problem: output.err.print(
-            Text(f"warning: {problem}", style="yellow"), soft_wrap=True
-        )
     elif sessions_table is not None or messages_table is not None:
         raise output.fail("--sessions-table and --messages-table are for openai-agents only", 2)
     module = checked(output, lambda: importer(framework))
+    if "on_problem" in inspect.signature(module.import_from).parameters:
+        options["on_problem"] = lambda problem: output.err.print(
+            Text(f"warning: {problem}", style="yellow"), soft_wrap=True
+        )
 
     async def work() -> dict[str, int]:
         async with await open_store(database, create=True) as root:

@@ -500,3 +500,34 @@ def test_cli_without_the_sdk_names_the_extra(tmp_path: Path) -> None:
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: import-from openai-agents needs the OpenAI Agents SDK: ")
     assert "pip install 'mofa-persist[openai-agents]'" in line
+
+
+def test_cli_dispatches_to_the_adk_importer(tmp_path: Path) -> None:
+    """The same command runs ADK's importer (tested in test_adk.py) where ADK is installed."""
+    pytest.importorskip("google.adk", reason="nox -s integrations installs ADK")
+    pytest.importorskip("mofa_persist.integrations.adk_import")
+    from google.adk.events import Event
+    from google.adk.sessions import DatabaseSessionService
+    from google.genai import types
+
+    path = tmp_path / "adk.db"
+
+    async def write() -> None:
+        service = DatabaseSessionService(f"sqlite+aiosqlite:///{path}")
+        try:
+            session = await service.create_session(app_name="app", user_id="u", session_id="s1")
+            content = types.Content(role="user", parts=[types.Part(text="hi")])
+            await service.append_event(
+                session, Event(author="user", invocation_id="i1", content=content)
+            )
+        finally:
+            await service.close()
+
+    asyncio.run(write())
+    args = ["import-from", "adk", str(path), "--url", f"sqlite://{tmp_path / 'dest.db'}"]
+    first = run(*args, "--json")
+    assert first.exit_code == 0, first.output
+    counts = json.loads(first.stdout)
+    assert (counts["framework"], counts["sessions"], counts["imported"]) == ("adk", 1, 1)
+    again = json.loads(run(*args, "--json").stdout)
+    assert (again["unchanged"], again["imported"]) == (1, 0)
