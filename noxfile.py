@@ -35,6 +35,10 @@ nox.options.sessions = [
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 DIALECTS = ["memory", "sqlite", "postgresql", "mysql"]
 PASSED_ENV = ("CI", "MOFA_TEST_POSTGRES_URL", "MOFA_TEST_MYSQL_URL")
+#: pytest-xdist workers for the suites whose tests each make their own database: the time
+#: goes to round trips, fsyncs and CLI subprocesses, so two workers help even on 2 cores.
+#: The reliability, migrations and cluster suites stay serial (they kill, restart and race).
+PARALLEL = ("-n", "auto", "--maxprocesses=4")
 
 
 def _install(session: nox.Session, *groups: str) -> None:
@@ -69,7 +73,9 @@ def _env(**extra: str) -> dict[str, str]:
 def tests(session: nox.Session, dialect: str) -> None:
     """Run the conformance suite on one backend (memory, sqlite, postgresql, mysql)."""
     _install(session, "test")
-    _conformance(session, "-m", "not migrations", *session.posargs, MOFA_TEST_BACKENDS=dialect)
+    _conformance(
+        session, "-m", "not migrations", *PARALLEL, *session.posargs, MOFA_TEST_BACKENDS=dialect
+    )
 
 
 @nox.session
