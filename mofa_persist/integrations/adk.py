@@ -154,7 +154,14 @@ def _seq_of_marker(marker: str | None) -> int | None:
 
 
 def _at(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
+    """An event's timestamp as the message's ``created_at`` (microseconds, UTC)."""
+    try:
+        return datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, ValueError, OSError, TypeError):
+        raise InvalidInputError(
+            f"an event timestamp must be seconds since 1970 within year 1 to 9999, not "
+            f"{timestamp!r}"
+        ) from None
 
 
 def _role_of(event: Event) -> str:
@@ -460,6 +467,13 @@ class MofaSessionService(BaseSessionService):
         ident = _name("session id", session_id)
         newest = config.num_recent_events if config is not None else None
         after = config.after_timestamp if config is not None else None
+        after_at: datetime | None = None
+        if after is not None:
+            try:
+                after_at = _at(after)
+            except InvalidInputError:
+                if not after < 0:  # later than any stored event (or NaN, as ADK compares)
+                    newest = 0
 
         async def work(conn: AsyncConnection) -> Session | None:
             # The row first: events read after it are never older than its marker.
@@ -470,8 +484,8 @@ class MofaSessionService(BaseSessionService):
             if newest != 0:
                 stmt = select(m_t.c.id, m_t.c.role, m_t.c.content, m_t.c.metadata, m_t.c.created_at)
                 stmt = stmt.where(m_t.c.session_id == stored.sid)
-                if after is not None:
-                    stmt = stmt.where(m_t.c.created_at >= _at(after))
+                if after_at is not None:
+                    stmt = stmt.where(m_t.c.created_at >= after_at)
                 stmt = stmt.order_by(m_t.c.seq.desc())
                 if newest is not None:
                     stmt = stmt.limit(newest)

@@ -754,10 +754,17 @@ async def test_bad_input_is_a_typed_error(mofa_store: mofa_persist.Store) -> Non
         await service.append_event(session, text_event("nul \x00 inside"))
     with pytest.raises(InvalidInputError):
         await service.append_event(session, text_event("ok", state={"bad": float("nan")}))
+    with pytest.raises(InvalidInputError, match="timestamp"):
+        await service.append_event(session, text_event("far", timestamp=1e20))
     got = await service.get_session(app_name="app", user_id="u", session_id="s")
     assert got is not None
     assert got.events == []
     await service.append_event(got, text_event("fine"))
+    for after, expected in ((1e20, []), (-1e20, ["fine"])):
+        config = GetSessionConfig(after_timestamp=after)
+        got = await service.get_session(app_name="app", user_id="u", session_id="s", config=config)
+        assert got is not None
+        assert texts(got.events) == expected
 
 
 # ---------------------------------------------------------------- imports
