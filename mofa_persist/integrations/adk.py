@@ -541,8 +541,12 @@ class MofaSessionService(BaseSessionService):
         after = None if cursor is None else _decode_cursor(key, binding, cursor)
         filters: list[ColumnElement[bool]] = [a_t.c.app_name == app, *self.store._scope_filter()]
         scope = self.store.scope
+        # The sessions this view can name (a store with no tenant: those made without one),
+        # and the leading column of the listing indexes.
         if scope.tenant_id is not None:
             filters.append(a_t.c.tenant_id == scope.tenant_id)
+        else:
+            filters.append(a_t.c.tenant_id.is_(None))
         if user is not None:
             filters.append(a_t.c.adk_user_id == user)
         if after is not None:

@@ -699,6 +699,12 @@ async def test_views_keep_tenants_apart(mofa_url: str) -> None:
         got = await one.get_session(app_name="app", user_id="u", session_id="s")
         assert got is not None
         assert got.state == {"app:a": 1, "user:b": 2, "c": 3}
+        # A store with no tenant names (and lists) only the sessions made without one.
+        whole = MofaSessionService(store)
+        assert await whole.get_session(app_name="app", user_id="u", session_id="s") is None
+        assert (await whole.list_sessions(app_name="app")).sessions == []
+        await whole.create_session(app_name="app", user_id="u", session_id="s")
+        assert [s.id for s in (await whole.list_sessions(app_name="app")).sessions] == ["s"]
 
 
 @pytest.mark.parametrize("mofa_url", BACKENDS, indirect=True)
