@@ -919,3 +919,26 @@ async def test_import_refuses_what_is_not_an_adk_database(tmp_path: Path) -> Non
             pass  # a database of this library, not of ADK
         with pytest.raises(InvalidInputError, match="no ADK session tables"):
             await import_from(str(other), store, lambda *_: None)
+
+
+async def test_import_from_on_the_command_line(tmp_path: Path) -> None:
+    source = DatabaseSessionService(f"sqlite+aiosqlite:///{tmp_path / 'adk.db'}")
+    try:
+        await write_adk_database(source)
+    finally:
+        await source.close()
+    target = f"sqlite://{tmp_path / 'mofa.db'}"
+    command = [sys.executable, "-m", "mofa_persist", "import-from", "adk"]
+    command += [str(tmp_path / "adk.db"), "--url", target, "--json"]
+    done = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout)
+    assert (counts["framework"], counts["imported"], counts["events"]) == ("adk", 3, 5)
+    async with await mofa_persist.connect(target) as store:
+        got = await MofaSessionService(store).get_session(
+            app_name="app", user_id="alice", session_id="s1"
+        )
+        assert got is not None
+        assert len(got.events) == 4
