@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 #: Default and largest page of :meth:`SearchApi.search_messages`.
 DEFAULT_HITS = 20
 MAX_HITS = 500
+#: The most candidates one round trip reads (batches grow 4x from 2 x limit while few pass).
+MAX_BATCH = 5000
 #: The revision that creates the search indexes.
 SEARCH_REVISION = "0008"
 #: As in migration 0008: the PostgreSQL index expression, repeated so the planner uses it.
@@ -148,8 +150,9 @@ class SearchApi(StoreCore):
                 await self._require_session(conn, sid)
             hits: list[tuple[MessageHit, str]] = []
             position = after
+            size_of_batch = batch
             while len(hits) <= size:
-                stmt = _candidates(kind, parsed, ready, filters, position, batch)
+                stmt = _candidates(kind, parsed, ready, filters, position, size_of_batch)
                 rows = (await conn.execute(stmt)).all()
                 for row in rows:
                     rank_text = _rank_text(row.rank)
@@ -158,8 +161,10 @@ class SearchApi(StoreCore):
                         hits.append((_hit(row, parsed), rank_text))
                         if len(hits) > size:
                             break
-                if len(rows) < batch:
+                if len(rows) < size_of_batch:
                     break
+                # Few candidates pass (a word the index cannot narrow): fetch more per trip.
+                size_of_batch = min(size_of_batch * 4, MAX_BATCH)
             next_cursor = None
             if len(hits) > size:
                 last, rank_text = hits[size - 1]
