@@ -46,6 +46,7 @@ from ..models import (
     langgraph_writes_table,
     sessions_table,
 )
+from ..repository.external import _check_external_id
 
 if TYPE_CHECKING:
     import uuid
@@ -114,6 +115,10 @@ def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
     }
 
 
+class _NewThread(Exception):
+    """The thread has no session yet: the write makes one, then runs again."""
+
+
 class MofaSaver(BaseCheckpointSaver[str]):
     """LangGraph checkpoints, pending writes and channel values in a :class:`~mofa_persist.Store`.
 
@@ -139,6 +144,17 @@ class MofaSaver(BaseCheckpointSaver[str]):
         self._seen_loop()
         session = await self.store.session_for(NAMESPACE, str(thread_id), create=create)
         return None if session is None else session.id
+
+    def _thread_session(self, thread_id: str) -> ColumnElement[Any]:
+        """The id of the thread's session in the view, as a subquery: reads find the thread
+        and its checkpoints in one statement (no separate look-up transaction)."""
+        key_hash = self.store._key_hash(NAMESPACE, _check_external_id(thread_id))
+        return (
+            select(x_t.c.session_id)
+            .join(s_t, s_t.c.id == x_t.c.session_id)
+            .where(x_t.c.key_hash == key_hash, *self.store._scope_filter())
+            .scalar_subquery()
+        )
 
     async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]], action: str) -> T:
         return await self.store._run(work, write=False, action=action)
@@ -281,10 +297,10 @@ class MofaSaver(BaseCheckpointSaver[str]):
         thread_id = str(configurable["thread_id"])
         ns = str(configurable.get("checkpoint_ns", ""))
         checkpoint_id = get_checkpoint_id(config)
-        sid = await self._session(thread_id, create=False)
-        if sid is None:
-            return None
-        stmt = select(c_t).where(c_t.c.session_id == sid, c_t.c.checkpoint_ns == ns)
+        self._seen_loop()
+        stmt = select(c_t).where(
+            c_t.c.session_id == self._thread_session(thread_id), c_t.c.checkpoint_ns == ns
+        )
         if checkpoint_id:
             stmt = stmt.where(c_t.c.checkpoint_id == str(checkpoint_id))
         else:
@@ -294,7 +310,7 @@ class MofaSaver(BaseCheckpointSaver[str]):
             row = (await conn.execute(stmt)).first()
             if row is None:
                 return None
-            return (await self._tuples(conn, [row], {sid: thread_id}))[0][0]
+            return (await self._tuples(conn, [row], {row.session_id: thread_id}))[0][0]
 
         return await self._read(work, "read a LangGraph checkpoint")
 
@@ -312,15 +328,10 @@ class MofaSaver(BaseCheckpointSaver[str]):
         ``limit``."""
         self._seen_loop()
         where: list[ColumnElement[bool]] = []
-        threads: dict[uuid.UUID, str] = {}
         if config is not None:
             configurable = config["configurable"]
             thread_id = str(configurable["thread_id"])
-            sid = await self._session(thread_id, create=False)
-            if sid is None:
-                return
-            threads[sid] = thread_id
-            where.append(c_t.c.session_id == sid)
+            where.append(c_t.c.session_id == self._thread_session(thread_id))
             if configurable.get("checkpoint_ns") is not None:
                 where.append(c_t.c.checkpoint_ns == str(configurable["checkpoint_ns"]))
             if checkpoint_id := get_checkpoint_id(config):
@@ -401,11 +412,8 @@ class MofaSaver(BaseCheckpointSaver[str]):
             )
         checkpoint_type, checkpoint_bytes = self.serde.dumps_typed(stored)
         metadata_type, metadata_bytes = self.serde.dumps_typed(full_metadata)
-        sid = await self._session(thread_id, create=True)
-        assert sid is not None
         now = _now()
         row = {
-            "session_id": sid,
             "checkpoint_ns": ns,
             "checkpoint_id": checkpoint_id,
             "parent_checkpoint_id": parent_id,
@@ -416,7 +424,7 @@ class MofaSaver(BaseCheckpointSaver[str]):
             "metadata": metadata_bytes,
         }
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: AsyncConnection, sid: uuid.UUID) -> None:
             if blobs:
                 channels = sorted({channel for channel, _ in blobs})
                 have = {
@@ -454,7 +462,8 @@ class MofaSaver(BaseCheckpointSaver[str]):
                     )
                 )
             ).scalar()
-            columns = {c_t.c[name]: value for name, value in row.items()}
+            columns: dict[Any, Any] = {c_t.c[name]: value for name, value in row.items()}
+            columns[c_t.c.session_id] = sid
             if existing is None:
                 await conn.execute(
                     insert(c_t).values({**columns, c_t.c.id: uuid7(), c_t.c.created_at: now})
@@ -462,8 +471,38 @@ class MofaSaver(BaseCheckpointSaver[str]):
             else:
                 await conn.execute(update(c_t).where(c_t.c.id == existing).values(columns))
 
-        await self._write_retrying(work, "store a LangGraph checkpoint")
+        await self._write_thread(thread_id, work, "store a LangGraph checkpoint")
         return _config(thread_id, ns, checkpoint_id)
+
+    async def _write_thread(
+        self,
+        thread_id: str,
+        work: Callable[[AsyncConnection, uuid.UUID], Awaitable[None]],
+        action: str,
+    ) -> None:
+        """``work`` on the thread's session, looked up in the write's own transaction; only a
+        thread's first write makes the session first (a transaction of its own)."""
+        self._seen_loop()
+        lookup = select(self._thread_session(thread_id))
+
+        async def found(conn: AsyncConnection) -> None:
+            sid = (await conn.execute(lookup)).scalar()
+            if sid is None:
+                raise _NewThread
+            await work(conn, sid)
+
+        try:
+            await self._write_retrying(found, action)
+            return
+        except _NewThread:
+            pass
+        made = await self._session(thread_id, create=True)
+        assert made is not None
+
+        async def on_made(conn: AsyncConnection) -> None:
+            await work(conn, made)
+
+        await self._write_retrying(on_made, action)
 
     async def _write_retrying(
         self, work: Callable[[AsyncConnection], Awaitable[None]], action: str
@@ -501,16 +540,14 @@ class MofaSaver(BaseCheckpointSaver[str]):
             }
         if not items:
             return
-        sid = await self._session(thread_id, create=True)
-        assert sid is not None
-        key = [
-            w_t.c.session_id == sid,
-            w_t.c.checkpoint_ns == ns,
-            w_t.c.checkpoint_id == checkpoint_id,
-            w_t.c.task_id == task,
-        ]
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: AsyncConnection, sid: uuid.UUID) -> None:
+            key = [
+                w_t.c.session_id == sid,
+                w_t.c.checkpoint_ns == ns,
+                w_t.c.checkpoint_id == checkpoint_id,
+                w_t.c.task_id == task,
+            ]
             have = set((await conn.execute(select(w_t.c.idx).where(*key))).scalars())
             replaced = [idx for idx in items if idx < 0 and idx in have]
             if replaced:
@@ -534,7 +571,7 @@ class MofaSaver(BaseCheckpointSaver[str]):
             if new:
                 await conn.execute(insert(w_t), new)
 
-        await self._write_retrying(work, "store LangGraph writes")
+        await self._write_thread(thread_id, work, "store LangGraph writes")
 
     # ------------------------------------------------------------------ deleting, copying
 
