@@ -551,6 +551,8 @@ class MofaSessionService(BaseSessionService):
             filters.append(a_t.c.adk_user_id == user)
         if after is not None:
             at, after_user, after_id = after
+            # The first condition alone bounds the index range; the second picks within it.
+            filters.append(a_t.c.update_time >= at)
             filters.append(
                 or_(
                     a_t.c.update_time > at,
