@@ -46,7 +46,7 @@ def include_name(name: str | None, type_: str, _parents: object) -> bool:
     """Alembic's ``include_name`` hook: the Galera migration lease and the search indexes
     live beside the schema, not in it, so autogenerate and ``alembic check`` must not offer
     to drop them."""
-    if type_ == "table" and name == LOCK_TABLE:
+    if (type_, name) in (("table", LOCK_TABLE), ("column", "search_vector")):
         return False
     # The full-text search objects of migration 0008 are per-dialect DDL, not models.
     return not (name or "").startswith(("messages_search", "ix_messages_search"))

@@ -4,18 +4,21 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-03
 
-- PostgreSQL: a GIN index over ``to_tsvector('simple', ...)`` of the content with every run
-  of characters other than letters and digits turned into one space (so the index splits
-  words where the query language does, not at PostgreSQL's host/float/path tokens). Only
-  the first 100,000 characters are indexed (a tsvector holds at most 1 MB); longer
-  messages are found through a small partial index and checked exactly.
+- PostgreSQL: a stored generated column ``search_vector``, ``to_tsvector('simple', ...)`` of
+  the content with every run of characters other than letters and digits turned into one
+  space (so it splits words where the query language does, not at PostgreSQL's
+  host/float/path tokens), and a GIN index on it. Stored, so ranking reads it instead of
+  parsing every matching message again (50x faster for a word in every message). Only the
+  first 100,000 characters are indexed (a tsvector holds at most 1 MB); longer messages
+  are found through a small partial index and checked exactly. Adding the column rewrites
+  the table once.
 - MySQL/MariaDB: an InnoDB FULLTEXT index on the content.
 - SQLite (and memory): a contentless FTS5 table keyed by a rowid map (a table whose rowid
   is stable, unlike the implicit rowid of ``messages``), kept in step by triggers, so every
   write path, cascade and delete updates it in the same transaction.
 
-The index objects are named ``messages_search*`` / ``ix_messages_search*``; the schema
-comparison skips them (``mofa_persist.migrate.include_name``): they are not models.
+The objects are named ``messages_search*`` / ``ix_messages_search*`` / ``search_vector``;
+the schema comparison skips them (``mofa_persist.migrate.include_name``): they are not models.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: The expression the PostgreSQL index is built on; queries repeat it word for word.
+#: What the PostgreSQL column holds.
 PG_VECTOR = (
     "to_tsvector('simple'::regconfig, "
     "regexp_replace(left(content, 100000), '[^[:alnum:]]+', ' ', 'g'))"
@@ -71,7 +74,11 @@ _SQLITE_DOWN = [
 def upgrade() -> None:
     dialect = op.get_context().dialect.name
     if dialect == "postgresql":
-        op.execute(f"CREATE INDEX ix_messages_search ON messages USING gin ({PG_VECTOR})")
+        op.execute(
+            "ALTER TABLE messages ADD COLUMN search_vector tsvector"
+            f" GENERATED ALWAYS AS ({PG_VECTOR}) STORED"
+        )
+        op.execute("CREATE INDEX ix_messages_search ON messages USING gin (search_vector)")
         op.execute(
             "CREATE INDEX ix_messages_search_long ON messages (session_id)"
             " WHERE length(content) > 100000"
@@ -88,6 +95,7 @@ def downgrade() -> None:
     if dialect == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_messages_search_long")
         op.execute("DROP INDEX IF EXISTS ix_messages_search")
+        op.execute("ALTER TABLE messages DROP COLUMN IF EXISTS search_vector")
     elif dialect in ("mysql", "mariadb"):
         op.execute("ALTER TABLE messages DROP INDEX ix_messages_search")
     else:

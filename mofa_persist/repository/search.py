@@ -58,11 +58,8 @@ MAX_HITS = 500
 MAX_BATCH = 5000
 #: The revision that creates the search indexes.
 SEARCH_REVISION = "0008"
-#: As in migration 0008: the PostgreSQL index expression, repeated so the planner uses it.
-_PG_VECTOR = (
-    "to_tsvector('simple'::regconfig, "
-    "regexp_replace(left(messages.content, 100000), '[^[:alnum:]]+', ' ', 'g'))"
-)
+#: Migration 0008's stored tsvector column (PostgreSQL), GIN-indexed.
+_PG_VECTOR = "messages.search_vector"
 _PG_LONG = "length(messages.content) > 100000"
 
 _CURSOR_PREFIX = "s1."
