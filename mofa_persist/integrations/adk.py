@@ -313,6 +313,18 @@ class MofaSessionService(BaseSessionService):
         found = (await conn.execute(stmt)).scalar_one_or_none()
         return {} if found is None else dict(found)
 
+    async def _read_states(
+        self, conn: AsyncConnection, app_name: str, user_id: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The app's and the user's state, in one query."""
+        app_hash = self._state_owner(app_name, None)["key_hash"]
+        user_hash = self._state_owner(app_name, user_id)["key_hash"]
+        stmt = select(st_t.c.key_hash, st_t.c.state).where(
+            st_t.c.key_hash.in_([app_hash, user_hash])
+        )
+        found = {row.key_hash: dict(row.state) for row in await conn.execute(stmt)}
+        return found.get(app_hash, {}), found.get(user_hash, {})
+
     async def _merge_state(
         self,
         conn: AsyncConnection,
@@ -436,7 +448,7 @@ class MofaSessionService(BaseSessionService):
                 await self._merge_state(conn, app, None, deltas["app"], now)
             if deltas["user"]:
                 await self._merge_state(conn, app, user, deltas["user"], now)
-            return await self._read_state(conn, app, None), await self._read_state(conn, app, user)
+            return await self._read_states(conn, app, user)
 
         if session_id is not None:
             existing = await self._read(
@@ -491,8 +503,7 @@ class MofaSessionService(BaseSessionService):
                     stmt = stmt.limit(newest)
                 rows = list(await conn.execute(stmt))
                 events = [_event_of(row) for row in reversed(rows)]
-            app_state = await self._read_state(conn, app, None)
-            user_state = await self._read_state(conn, app, user)
+            app_state, user_state = await self._read_states(conn, app, user)
             return self._session(
                 app,
                 user,
