@@ -729,6 +729,28 @@ async def test_erasing_a_user_removes_their_sessions_and_user_state(
 
 
 @pytest.mark.parametrize("mofa_url", BACKENDS, indirect=True)
+async def test_a_view_of_one_user_owns_every_adk_user_in_it(mofa_url: str) -> None:
+    async with await mofa_persist.connect(mofa_url) as store:
+        tenant, person = uuid.uuid4(), uuid.uuid4()
+        view = store.scoped(tenant_id=tenant, user_id=person)
+        service = MofaSessionService(view)
+        assert service.user_uuid("alice") == service.user_uuid("bob") == person
+        for user in ("alice", "bob"):
+            await service.create_session(
+                app_name="app", user_id=user, session_id="s", state={"user:k": user}
+            )
+        assert [s.user_id for s in (await view.list_sessions()).items] == [person, person]
+        # The tenant's other views do not name these sessions.
+        other = MofaSessionService(store.scoped(tenant_id=tenant, user_id=uuid.uuid4()))
+        assert await other.get_session(app_name="app", user_id="alice", session_id="s") is None
+        assert await other.get_user_state(app_name="app", user_id="alice") == {}
+        erased = await store.scoped(tenant_id=tenant).erase_user(person)
+        assert (erased.counts["adk_sessions"], erased.counts["adk_states"]) == (2, 2)
+        assert (await service.list_sessions(app_name="app")).sessions == []
+        assert await service.get_user_state(app_name="app", user_id="bob") == {}
+
+
+@pytest.mark.parametrize("mofa_url", BACKENDS, indirect=True)
 async def test_events_are_ordinary_messages(mofa_store: mofa_persist.Store) -> None:
     service = MofaSessionService(mofa_store)
     session = await service.create_session(app_name="app", user_id="u", session_id="visible")
