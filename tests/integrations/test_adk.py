@@ -585,6 +585,63 @@ async def test_ordered_mode_lets_concurrent_writers_all_succeed(
     assert (got.state["app:hits"], got.state["user:last"]) == (last, last)
 
 
+ORDERED_WRITER = """
+import asyncio, sys, uuid
+import mofa_persist
+from google.adk.events.event import Event
+from google.genai import types
+from mofa_persist.integrations.adk import MofaSessionService
+
+async def main(url, tenant, name):
+    async with await mofa_persist.connect(url) as store:
+        service = MofaSessionService(store.scoped(tenant_id=uuid.UUID(tenant)), ordered=True)
+        copy = await service.get_session(app_name="app", user_id="u", session_id="shared")
+        for index in range(10):
+            text = types.Content(role="user", parts=[types.Part(text=f"{name}-{index}")])
+            event = Event(invocation_id=name, author="user", content=text)
+            event.actions.state_delta = {name: index}
+            await service.append_event(copy, event)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("mofa_url", PERSISTENT, indirect=True)
+async def test_ordered_writers_in_separate_processes(mofa_url: str) -> None:
+    tenant = uuid.uuid4()
+    async with await mofa_persist.connect(mofa_url) as store:
+        service = MofaSessionService(store.scoped(tenant_id=tenant), ordered=True)
+        await service.create_session(app_name="app", user_id="u", session_id="shared")
+        names = [f"p{index}" for index in range(4)]
+        processes = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                ORDERED_WRITER,
+                mofa_url,
+                str(tenant),
+                name,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for name in names
+        ]
+        for process in processes:
+            _, err = await asyncio.wait_for(process.communicate(), timeout=180)
+            assert process.returncode == 0, err.decode()[-2000:]
+        got = await service.get_session(app_name="app", user_id="u", session_id="shared")
+        assert got is not None
+        said = texts(got.events)
+        assert sorted(said) == sorted(f"{name}-{index}" for name in names for index in range(10))
+        for name in names:  # each process's events in its own order
+            assert [t for t in said if t.startswith(f"{name}-")] == [
+                f"{name}-{index}" for index in range(10)
+            ]
+        assert {name: got.state[name] for name in names} == dict.fromkeys(names, 9)
+        sid = await service.library_session_id(app_name="app", user_id="u", session_id="shared")
+        assert sid is not None
+        assert [m.seq for m in await store.get_messages(sid)] == list(range(1, 41))
+
+
 @pytest.mark.parametrize("mofa_url", BACKENDS, indirect=True)
 async def test_default_mode_refuses_all_but_one_concurrent_stale_copy(
     mofa_store: mofa_persist.Store,
