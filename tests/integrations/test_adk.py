@@ -32,7 +32,7 @@ from google.adk.sessions import BaseSessionService, DatabaseSessionService, InMe
 from google.adk.sessions.base_session_service import GetSessionConfig
 from google.adk.tools.tool_confirmation import ToolConfirmation
 from google.genai import types
-from rootconf import create_database, selected_backends
+from rootconf import create_database, drop_database, selected_backends
 from sqlalchemy import event as sa_event
 
 import mofa_persist
@@ -984,6 +984,28 @@ async def test_import_from_a_database_adk_wrote(
         assert texts(kept.events)[-1] == "only here"
     finally:
         await source.close()
+
+
+SERVER_SOURCES = [name for name in BACKENDS if name in ("postgresql", "mysql")]
+
+
+@pytest.mark.parametrize("dialect", SERVER_SOURCES)
+async def test_import_from_an_adk_database_on_a_server(dialect: str) -> None:
+    from mofa_persist.integrations.adk_import import import_from
+
+    url = await asyncio.to_thread(create_database, dialect)  # a database of ADK's own
+    try:
+        source = DatabaseSessionService(url)
+        try:
+            await write_adk_database(source)
+            async with await mofa_persist.connect("memory://") as store:
+                counts = await import_from(url, store, lambda *_: None)
+                assert (counts["imported"], counts["events"], counts["failed"]) == (3, 5, 0)
+                await assert_same_answers(source, MofaSessionService(store), ["app", "other app"])
+        finally:
+            await source.close()
+    finally:
+        await asyncio.to_thread(drop_database, dialect, url)
 
 
 async def test_import_refuses_what_is_not_an_adk_database(tmp_path: Path) -> None:
