@@ -36,6 +36,8 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
@@ -424,6 +426,14 @@ class MofaSaver(BaseCheckpointSaver[str]):
             "metadata": metadata_bytes,
         }
 
+        if self.store.url.kind != "mysql":
+            await self._write_thread(
+                thread_id,
+                lambda conn, sid: self._upsert(conn, sid, ns, blobs, row, now),
+                "store a LangGraph checkpoint",
+            )
+            return _config(thread_id, ns, checkpoint_id)
+
         async def work(conn: AsyncConnection, sid: uuid.UUID) -> None:
             if blobs:
                 channels = sorted({channel for channel, _ in blobs})
@@ -473,6 +483,47 @@ class MofaSaver(BaseCheckpointSaver[str]):
 
         await self._write_thread(thread_id, work, "store a LangGraph checkpoint")
         return _config(thread_id, ns, checkpoint_id)
+
+    async def _upsert(
+        self,
+        conn: AsyncConnection,
+        sid: uuid.UUID,
+        ns: str,
+        blobs: dict[tuple[str, str], tuple[str, bytes | None]],
+        row: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """:meth:`aput`'s writes as two statements (PostgreSQL and SQLite): blobs already
+        stored are skipped by ``ON CONFLICT DO NOTHING``, a checkpoint stored again replaces
+        its columns, so no round trip asks first what is there."""
+        dialect_insert = pg_insert if self.store.url.kind == "postgresql" else sqlite_insert
+        if blobs:
+            values = [
+                {
+                    "id": uuid7(),
+                    "session_id": sid,
+                    "checkpoint_ns": ns,
+                    "channel": channel,
+                    "version": version,
+                    "value_type": value_type,
+                    "value": value,
+                    "created_at": now,
+                }
+                for (channel, version), (value_type, value) in blobs.items()
+            ]
+            blob_insert = dialect_insert(b_t).on_conflict_do_nothing(
+                index_elements=[b_t.c.session_id, b_t.c.checkpoint_ns, b_t.c.channel, b_t.c.version]
+            )
+            await conn.execute(blob_insert, values)
+        checkpoint_insert = dialect_insert(c_t).values(
+            {**row, "session_id": sid, "id": uuid7(), "created_at": now}
+        )
+        await conn.execute(
+            checkpoint_insert.on_conflict_do_update(
+                index_elements=[c_t.c.session_id, c_t.c.checkpoint_ns, c_t.c.checkpoint_id],
+                set_={name: checkpoint_insert.excluded[name] for name in row},
+            )
+        )
 
     async def _write_thread(
         self,
