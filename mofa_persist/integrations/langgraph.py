@@ -35,7 +35,8 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
     writes_sort_key,
 )
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -426,62 +427,11 @@ class MofaSaver(BaseCheckpointSaver[str]):
             "metadata": metadata_bytes,
         }
 
-        if self.store.url.kind != "mysql":
-            await self._write_thread(
-                thread_id,
-                lambda conn, sid: self._upsert(conn, sid, ns, blobs, row, now),
-                "store a LangGraph checkpoint",
-            )
-            return _config(thread_id, ns, checkpoint_id)
-
-        async def work(conn: AsyncConnection, sid: uuid.UUID) -> None:
-            if blobs:
-                channels = sorted({channel for channel, _ in blobs})
-                have = {
-                    (r.channel, r.version)
-                    for r in await conn.execute(
-                        select(b_t.c.channel, b_t.c.version).where(
-                            b_t.c.session_id == sid,
-                            b_t.c.checkpoint_ns == ns,
-                            b_t.c.channel.in_(channels),
-                        )
-                    )
-                }
-                new = [
-                    {
-                        "id": uuid7(),
-                        "session_id": sid,
-                        "checkpoint_ns": ns,
-                        "channel": channel,
-                        "version": version,
-                        "value_type": value_type,
-                        "value": value,
-                        "created_at": now,
-                    }
-                    for (channel, version), (value_type, value) in blobs.items()
-                    if (channel, version) not in have
-                ]
-                if new:
-                    await conn.execute(insert(b_t), new)
-            existing = (
-                await conn.execute(
-                    select(c_t.c.id).where(
-                        c_t.c.session_id == sid,
-                        c_t.c.checkpoint_ns == ns,
-                        c_t.c.checkpoint_id == checkpoint_id,
-                    )
-                )
-            ).scalar()
-            columns: dict[Any, Any] = {c_t.c[name]: value for name, value in row.items()}
-            columns[c_t.c.session_id] = sid
-            if existing is None:
-                await conn.execute(
-                    insert(c_t).values({**columns, c_t.c.id: uuid7(), c_t.c.created_at: now})
-                )
-            else:
-                await conn.execute(update(c_t).where(c_t.c.id == existing).values(columns))
-
-        await self._write_thread(thread_id, work, "store a LangGraph checkpoint")
+        await self._write_thread(
+            thread_id,
+            lambda conn, sid: self._upsert(conn, sid, ns, blobs, row, now),
+            "store a LangGraph checkpoint",
+        )
         return _config(thread_id, ns, checkpoint_id)
 
     async def _upsert(
@@ -493,10 +443,14 @@ class MofaSaver(BaseCheckpointSaver[str]):
         row: dict[str, Any],
         now: datetime,
     ) -> None:
-        """:meth:`aput`'s writes as two statements (PostgreSQL and SQLite): blobs already
-        stored are skipped by ``ON CONFLICT DO NOTHING``, a checkpoint stored again replaces
-        its columns, so no round trip asks first what is there."""
-        dialect_insert = pg_insert if self.store.url.kind == "postgresql" else sqlite_insert
+        """:meth:`aput`'s writes as two upserts, so no round trip asks first what is there:
+        blobs already stored are left as they are, a checkpoint stored again gets the new
+        columns (``ON CONFLICT`` on PostgreSQL and SQLite, ``ON DUPLICATE KEY`` on MySQL)."""
+        kind = self.store.url.kind
+        if kind == "mysql":
+            await self._upsert_mysql(conn, sid, ns, blobs, row, now)
+            return
+        dialect_insert = pg_insert if kind == "postgresql" else sqlite_insert
         if blobs:
             values = [
                 {
@@ -522,6 +476,41 @@ class MofaSaver(BaseCheckpointSaver[str]):
             checkpoint_insert.on_conflict_do_update(
                 index_elements=[c_t.c.session_id, c_t.c.checkpoint_ns, c_t.c.checkpoint_id],
                 set_={name: checkpoint_insert.excluded[name] for name in row},
+            )
+        )
+
+    async def _upsert_mysql(
+        self,
+        conn: AsyncConnection,
+        sid: uuid.UUID,
+        ns: str,
+        blobs: dict[tuple[str, str], tuple[str, bytes | None]],
+        row: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        if blobs:
+            values = [
+                {
+                    "id": uuid7(),
+                    "session_id": sid,
+                    "checkpoint_ns": ns,
+                    "channel": channel,
+                    "version": version,
+                    "value_type": value_type,
+                    "value": value,
+                    "created_at": now,
+                }
+                for (channel, version), (value_type, value) in blobs.items()
+            ]
+            # A stored blob keeps its row: the "update" sets its id to itself.
+            blob_insert = mysql_insert(b_t)
+            await conn.execute(blob_insert.on_duplicate_key_update(id=b_t.c.id), values)
+        checkpoint_insert = mysql_insert(c_t).values(
+            {**row, "session_id": sid, "id": uuid7(), "created_at": now}
+        )
+        await conn.execute(
+            checkpoint_insert.on_duplicate_key_update(
+                {name: checkpoint_insert.inserted[name] for name in row}
             )
         )
 
