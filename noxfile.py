@@ -1,7 +1,7 @@
 """Test matrix for mofa-persist. Plain `nox` runs the sessions in `nox.options.sessions`:
 tests (each backend), integrations, migrations, reliability, scaleout, bench_smoke, lint and
-typecheck. Run on request only: `soak` (longer reliability runs) and `bench` (the full
-benchmarks).
+typecheck. Run on request only: `soak` (longer reliability runs), `bench` (the full
+benchmarks) and `pgbouncer` (the suite through a private PgBouncer; about 5 minutes).
 
 Each dialect gets its own session so a failure names its backend. Server URLs default to the
 local services (PostgreSQL on 5432, MariaDB on 3306) and can be overridden with
@@ -56,6 +56,7 @@ def _conformance(session: nox.Session, *args: str, **env: str) -> None:
         "--ignore=tests/reliability",
         "--ignore=tests/scaleout",
         "--ignore=tests/integrations",
+        "--ignore=tests/pgbouncer",
         *args,
         env=_env(**env),
     )
@@ -169,6 +170,39 @@ def scaleout(session: nox.Session) -> None:
     finally:
         session.run("python", script, "destroy", "--dir", str(root))
         shutil.rmtree(root.parent, ignore_errors=True)
+
+
+@nox.session
+def pgbouncer(session: nox.Session) -> None:
+    """PostgreSQL through a private PgBouncer in transaction mode (?pgbouncer=transaction).
+
+    scripts/pgbouncer_private.py installs Debian's pgbouncer if missing (as root), starts one
+    on a free loopback port in front of the PostgreSQL on 5432 and runs each command with
+    MOFA_PGBOUNCER_URL set: the conformance suite (migrations included) through it, then
+    tests/pgbouncer (50 writers on 4 server connections). With CI=true a missing PgBouncer
+    fails the run.
+    """
+    _install(session, "test")
+    session.install("pip")  # the wheel tests build with `python -m pip wheel`
+    script = ["python", "scripts/pgbouncer_private.py", "--"]
+    through = 'MOFA_TEST_POSTGRES_URL="$MOFA_PGBOUNCER_URL" exec "$@"'
+    conformance = [
+        "pytest",
+        "tests",
+        "--ignore=tests/reliability",
+        "--ignore=tests/scaleout",
+        "--ignore=tests/integrations",
+        "--ignore=tests/pgbouncer",
+        *PARALLEL,
+    ]
+    # The conformance suite needs the pooler: without one it is not run (tests/pgbouncer
+    # then says why, and fails under CI=true).
+    guarded = f'[ -n "$MOFA_PGBOUNCER_URL" ] || exit 0; {through}'
+    env = _env(MOFA_TEST_BACKENDS="postgresql")
+    session.run(*script, "sh", "-c", guarded, "sh", *conformance, env=env)
+    session.run(
+        *script, "sh", "-c", through, "sh", "pytest", "tests/pgbouncer", *session.posargs, env=env
+    )
 
 
 @nox.session

@@ -23,7 +23,7 @@ from .validate import decode_document, serialize_for_engine
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Mapping
 
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import URL, Connection, Engine
     from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
     from .urls import DatabaseUrl, TlsSettings
@@ -78,6 +78,8 @@ def create_engine(
         if url.tls is not None:
             # In connect_args, so a cluster's connect (below) uses it for every node.
             options["connect_args"]["ssl"] = tls_argument(url.tls)
+        if url.pgbouncer == "transaction":
+            options["connect_args"]["statement_cache_size"] = 0
     elif url.kind == "mysql":
         options["connect_args"] = {"connect_timeout": max(1, round(connect_timeout))}
         # READ COMMITTED avoids InnoDB gap locks on the messages unique index, which under
@@ -99,14 +101,21 @@ def create_engine(
             max_overflow=max_overflow,
             pool_timeout=connect_timeout,
         )
+    pooled = url.pgbouncer == "transaction"
     if url.is_cluster:
-        options["async_creator"] = _first_ready_node(url, options.pop("connect_args"))
+        connect = _first_ready_node(url, options.pop("connect_args"))
+        if pooled:
+            options["creator"] = _adapted(url, connect)
+        else:
+            options["async_creator"] = connect
+    elif pooled:
+        options["connect_args"].update(TRANSACTION_POOLING)
     if url.kind != "postgresql":
         # Returning a connection normally sends ROLLBACK (a round trip on MySQL, a thread hop
         # on aiosqlite) even after a COMMIT; _reset_if_needed rolls back only what is open.
         # asyncpg's adapter already skips the rollback when no transaction is open.
         options["pool_reset_on_return"] = None
-    engine = create_async_engine(url.sa_url, **options)
+    engine = create_async_engine(_driver_url(url.sa_url), **options)
     if url.kind in ("postgresql", "mysql") and not use_null_pool:
         _ping_idle_connections(engine)
     if url.kind != "postgresql":
@@ -116,6 +125,41 @@ def create_engine(
             engine, url, busy_timeout_s=connect_timeout, foreign_keys=enforce_foreign_keys
         )
     return engine
+
+
+def _unnamed() -> str:
+    return ""
+
+
+#: SQLAlchemy's asyncpg adapter behind PgBouncer in transaction mode. A named prepared
+#: statement lives on one server connection, and the next transaction may get another one
+#: ("prepared statement ... does not exist" or "... already exists"). Unnamed statements
+#: are parsed and executed in one exchange, which PgBouncer never splits, and are replaced
+#: by the next one, so none is left behind on the server (unique names would be, until the
+#: server connection closes). asyncpg's own cache is off too (``statement_cache_size=0``),
+#: which also covers the driver-level statements of ``mofa_persist.sql``.
+TRANSACTION_POOLING: dict[str, Any] = {
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": _unnamed,
+}
+
+
+def _driver_url(sa_url: URL) -> URL:
+    """``sa_url`` without the store's own query options, which are no driver keywords."""
+    if "pgbouncer" in sa_url.query:
+        return sa_url.difference_update_query(["pgbouncer"])
+    return sa_url
+
+
+def _adapted(url: DatabaseUrl, connect: Callable[[], Awaitable[Any]]) -> Callable[[], Any]:
+    """A ``creator`` that gives SQLAlchemy's adapter its PgBouncer settings, which
+    ``async_creator`` cannot pass (SQLAlchemy builds the same wrapper without them)."""
+    dbapi = url.sa_url.get_dialect().import_dbapi()
+
+    def creator() -> Any:
+        return dbapi.connect(async_creator_fn=connect, **TRANSACTION_POOLING)
+
+    return creator
 
 
 def tls_argument(tls: TlsSettings) -> ssl.SSLContext | str:
@@ -199,7 +243,10 @@ def _first_ready_node(
     """
     # The driver's keyword arguments per node, as the dialect would pass them itself.
     dialect = url.sa_url.get_dialect()()
-    nodes = [(node, {**dialect.create_connect_args(node)[1], **connect_args}) for node in url.nodes]
+    nodes = [
+        (node, {**dialect.create_connect_args(_driver_url(node))[1], **connect_args})
+        for node in url.nodes
+    ]
 
     async def connect() -> Any:
         failures: list[str] = []

@@ -23,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import exc, text
 
 from .errors import BackendError
+from .telemetry import logger
 from .translate import Failure, classify
 
 if TYPE_CHECKING:
@@ -226,7 +227,15 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
             await conn.rollback()
             if current is not None and current == head_revision():
                 return
+        started = time.monotonic()
+        logger.info("migrating the schema of database %s to %s", engine.url.database, revision)
         await conn.run_sync(run_locked, _upgrade_body(revision))
+        logger.info(
+            "the schema of database %s is at %s (%.1fs)",
+            engine.url.database,
+            revision,
+            time.monotonic() - started,
+        )
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy.util import greenlet_spawn
 
+from . import telemetry
 from .engine import SQLITE_READ_ONLY, mark_connections_suspect
 from .errors import BackendError, ConflictError, PersistenceError
 from .translate import DRIVER_ERRORS, Failure, classify, to_backend_error
@@ -179,6 +180,7 @@ async def run(
             if retry and deadline is not None and loop.time() + pause >= deadline:
                 raise _timed_out(backend, action, committing=False) from error
             if retry:
+                telemetry.retried(backend, action, attempt, failure.name.lower(), lost)
                 await asyncio.sleep(pause)
                 continue
             raise to_backend_error(

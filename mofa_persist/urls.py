@@ -33,12 +33,17 @@ SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-
 SSL_MODES: tuple[SslMode, ...] = get_args(SslMode)
 #: The TLS query parameters a PostgreSQL URL may carry (libpq's names).
 TLS_PARAMETERS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword")
+#: ``?pgbouncer=`` values: the pool mode of the PgBouncer between the store and PostgreSQL.
+#: ``transaction`` turns off prepared-statement caching (see ``engine.create_engine``);
+#: ``session`` pooling needs nothing and is accepted so a deployment can say what it runs.
+PGBOUNCER_MODES = ("transaction", "session")
 
 ACCEPTED_FORMS: dict[Kind, tuple[str, ...]] = {
     "postgresql": (
         "postgres://user:pass@host:5432/db",
         "postgres://user:pass@host1:5432,host2:5432/db (failover)",
         "postgres://user:pass@host/db?sslmode=verify-full&sslrootcert=/path/ca.pem (TLS)",
+        "postgres://user:pass@pgbouncer:6432/db?pgbouncer=transaction (behind PgBouncer)",
         "postgresql://...",
         "postgresql+asyncpg://...",
     ),
@@ -117,6 +122,9 @@ class DatabaseUrl:
     nodes: tuple[URL, ...] = ()
     #: TLS settings for every node (PostgreSQL only); ``None``: the driver's defaults.
     tls: TlsSettings | None = None
+    #: ``?pgbouncer=`` (PostgreSQL only): the pooler's mode, ``None`` when not given. It
+    #: stays in ``sa_url`` so the URL renders whole; the engine takes it out before connecting.
+    pgbouncer: str | None = None
 
     @property
     def display(self) -> str:
@@ -166,17 +174,22 @@ def parse_urls(
         raise InvalidInputError("the node URLs of one store must all be PostgreSQL or all MySQL")
     if any(other.database != first.database for other in parsed):
         raise InvalidInputError("the node URLs of one store must all name the same database")
+    if any(other.pgbouncer != first.pgbouncer for other in parsed):
+        raise InvalidInputError("the node URLs of one store must all have the same ?pgbouncer=")
     if any(other.tls != first.tls for other in parsed):
         raise InvalidInputError(
             "the node URLs of one store must all have the same TLS settings "
             f"({', '.join(TLS_PARAMETERS)})"
         )
-    return _cluster(first.kind, [node for url in parsed for node in url.nodes], first.tls)
+    nodes = [node for url in parsed for node in url.nodes]
+    return _cluster(first.kind, nodes, first.tls, first.pgbouncer)
 
 
-def _cluster(kind: Kind, nodes: list[URL], tls: TlsSettings | None) -> DatabaseUrl:
+def _cluster(
+    kind: Kind, nodes: list[URL], tls: TlsSettings | None, pgbouncer: str | None = None
+) -> DatabaseUrl:
     hosts = ",".join(_host_of(node) for node in nodes)
-    return DatabaseUrl(kind, nodes[0], hosts, nodes[0].database, tuple(nodes), tls)
+    return DatabaseUrl(kind, nodes[0], hosts, nodes[0].database, tuple(nodes), tls, pgbouncer)
 
 
 def _host_of(sa_url: URL) -> str:
@@ -242,6 +255,7 @@ def _parse_server(url: str, kind: Kind) -> DatabaseUrl:
             f"accepted forms: {accepted_forms((kind,))}"
         )
     params = _query(kind, query)
+    pgbouncer = _pgbouncer_mode(kind, params)
     tls = _tls_settings(kind, params)
     if kind == "postgresql":
         driver = "postgresql+asyncpg"
@@ -262,8 +276,8 @@ def _parse_server(url: str, kind: Kind) -> DatabaseUrl:
         for host, port in _hosts(kind, host_list)
     ]
     if len(nodes) > 1:
-        return _cluster(kind, nodes, tls)
-    return DatabaseUrl(kind, nodes[0], _host_of(nodes[0]), database, (nodes[0],), tls)
+        return _cluster(kind, nodes, tls, pgbouncer)
+    return DatabaseUrl(kind, nodes[0], _host_of(nodes[0]), database, (nodes[0],), tls, pgbouncer)
 
 
 def _hosts(kind: Kind, host_list: str) -> list[tuple[str | None, int | None]]:
@@ -305,6 +319,26 @@ def _query(kind: Kind, query: str) -> dict[str, str]:
             raise InvalidInputError(f"the query parameter {name!r} is given twice in the URL")
         params[name] = unquote(value)
     return params
+
+
+def _pgbouncer_mode(kind: Kind, params: dict[str, str]) -> str | None:
+    """Check ``?pgbouncer=``; it is left in ``params`` (see ``DatabaseUrl.pgbouncer``)."""
+    mode = params.get("pgbouncer")
+    if mode is None:
+        return None
+    accepted = ", ".join(f"pgbouncer={value}" for value in PGBOUNCER_MODES)
+    if kind != "postgresql":
+        raise InvalidInputError(
+            f"pgbouncer= applies to postgresql URLs only (accepted: {accepted})"
+        )
+    if mode not in PGBOUNCER_MODES:
+        hint = (
+            " (statement pooling cannot run the store's multi-statement transactions)"
+            if mode == "statement"
+            else ""
+        )
+        raise InvalidInputError(f"pgbouncer={mode!r} is not accepted{hint}; accepted: {accepted}")
+    return mode
 
 
 def _tls_settings(kind: Kind, params: dict[str, str]) -> TlsSettings | None:

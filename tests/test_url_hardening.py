@@ -423,11 +423,16 @@ def postgres_url() -> Iterator[str]:
     drop_database("postgresql", url)
 
 
+def _and_query(url: str, item: str) -> str:
+    """``url`` with one more query parameter (it may have some: ``?pgbouncer=``)."""
+    return f"{url}{'&' if '?' in url else '?'}{item}"
+
+
 @pytest.mark.parametrize("mode", ["disable", "allow", "prefer"])
 async def test_sslmode_in_the_url_connects_instead_of_a_type_error(
     postgres_url: str, mode: str
 ) -> None:
-    async with await mofa_persist.connect(f"{postgres_url}?sslmode={mode}") as store:
+    async with await mofa_persist.connect(_and_query(postgres_url, f"sslmode={mode}")) as store:
         session = await store.create_session(title=mode)
         assert (await store.get_session(session.id)).title == mode
         assert f"sslmode={mode}" in store.url.display
@@ -437,5 +442,5 @@ async def test_required_tls_on_a_server_without_it_is_a_clear_backend_error(
     postgres_url: str,
 ) -> None:
     with pytest.raises(BackendError) as caught:
-        await mofa_persist.connect(f"{postgres_url}?sslmode=require", connect_timeout=5)
+        await mofa_persist.connect(_and_query(postgres_url, "sslmode=require"), connect_timeout=5)
     assert "SSL" in str(caught.value) or "ssl" in str(caught.value)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import and_, exists, select
 
-from .. import runner, writes
+from .. import runner, telemetry, writes
 from ..backend import ReplicaStatus as ReplicaStatus
 from ..backend import Scope as Scope
 from ..backend import _Backend as _Backend
@@ -215,17 +215,22 @@ class StoreCore:
         """Run ``work`` in one transaction, retrying where that is known to be safe.
 
         See :func:`mofa_persist.runner.run`; ``stale_ok`` reads may go to a read replica.
+        Each call is one OpenTelemetry span named ``action`` (see :mod:`..telemetry`).
         """
-        return await runner.run(
+        return await telemetry.observe(
             self._backend,
-            self,
-            work,
-            write=write,
-            action=action,
-            one_read=one_read,
-            lean=lean,
-            own_transaction=own_transaction,
-            stale_ok=stale_ok and self._stale_reads,
+            action,
+            runner.run(
+                self._backend,
+                self,
+                work,
+                write=write,
+                action=action,
+                one_read=one_read,
+                lean=lean,
+                own_transaction=own_transaction,
+                stale_ok=stale_ok and self._stale_reads,
+            ),
         )
 
     def _check_items(self, items: Iterable[Mapping[str, Any]]) -> list[_NewMessage]:
