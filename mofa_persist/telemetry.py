@@ -3,7 +3,7 @@
 Instrumented as a library should be: through the application's global tracer and meter
 providers (``opentelemetry-api`` only, the ``otel`` extra), so there is nothing to configure
 here. Without the API installed nothing is recorded and each operation costs one ``None``
-check; with the API but no SDK the calls go to OpenTelemetry's no-op implementations.
+check; with the API but no provider set, two type checks (no no-op span is made).
 
 What is recorded never includes a password, a message's content or an error's text: only
 the database system, name and server address, the operation, and error type names.
@@ -34,6 +34,11 @@ try:
 except ImportError:  # the otel extra is not installed: record nothing
     _trace = None  # type: ignore[assignment]
     _metrics = None  # type: ignore[assignment]
+
+try:  # the type of the global meter provider until the application sets one
+    from opentelemetry.metrics._internal import _ProxyMeterProvider as _UnsetMeters
+except ImportError:  # another API layout: always go through the providers
+    _UnsetMeters = None  # type: ignore[assignment,misc]
 
 #: Instrumentation scope name, as the tracer and meter are named.
 SCOPE = "mofa_persist"
@@ -125,9 +130,19 @@ def _attributes(backend: _Backend, action: str) -> dict[str, Any]:
     return found
 
 
+def _unconfigured() -> bool:
+    """Neither global provider was set: every span and measurement would be a no-op, so
+    none is made (a no-op span still costs several microseconds an operation)."""
+    return (
+        _UnsetMeters is not None
+        and isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+        and isinstance(_metrics.get_meter_provider(), _UnsetMeters)
+    )
+
+
 async def observe(backend: _Backend, action: str, call: Awaitable[T]) -> T:
     """Await one store operation inside its span, and record its duration."""
-    if _tracer is None:
+    if _tracer is None or _unconfigured():
         return await call
     attributes = _attributes(backend, action)
     started = time.perf_counter()
@@ -168,7 +183,7 @@ def retried(backend: _Backend, action: str, attempt: int, reason: str, lost: boo
         )
     else:
         logger.info("retrying %r after %s (attempt %d)", action, reason, attempt + 1)
-    if _tracer is None:
+    if _tracer is None or _unconfigured():
         return
     details: dict[str, str | int] = {
         "mofa_persist.retry.reason": reason,

@@ -317,6 +317,39 @@ asyncio.run(main())
     assert done.stdout.strip() == "ok"
 
 
+def test_without_providers_the_hook_makes_nothing(tmp_path: Any) -> None:
+    """API installed, no provider set (an application that does not use telemetry): the
+    store works and no span is made, not even a no-op one."""
+    script = """
+import asyncio
+import mofa_persist
+from mofa_persist import telemetry
+assert telemetry._tracer is not None and telemetry._unconfigured()
+made = []
+telemetry._tracer.start_as_current_span = lambda *a, **k: made.append(a)
+
+async def main():
+    async with await mofa_persist.connect("memory://") as store:
+        session = await store.create_session()
+        await store.append_message(session.id, "user", "hello")
+    assert made == [], made
+    print("ok")
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DATABASE_URL": ""},
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 def test_the_hook_is_active_here() -> None:
     """The suite above would prove nothing if the telemetry module had found no API."""
     assert telemetry._tracer is not None
