@@ -91,6 +91,19 @@ _LIMITS = {
 }
 
 
+#: The columns a checkpoint stored again replaces.
+_CHECKPOINT_COLUMNS = (
+    "checkpoint_ns",
+    "checkpoint_id",
+    "parent_checkpoint_id",
+    "run_id",
+    "checkpoint_type",
+    "checkpoint",
+    "metadata_type",
+    "metadata",
+)
+
+
 def _bounded(what: str, value: object) -> str:
     text = str(value)
     limit = _LIMITS[what]
@@ -132,6 +145,7 @@ class MofaSaver(BaseCheckpointSaver[str]):
     def __init__(self, store: Store, *, serde: SerializerProtocol | None = None) -> None:
         super().__init__(serde=serde)
         self.store = store
+        self._statements: tuple[Any, Any] | None = None
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -434,6 +448,41 @@ class MofaSaver(BaseCheckpointSaver[str]):
         )
         return _config(thread_id, ns, checkpoint_id)
 
+    def _upserts(self) -> tuple[Any, Any]:
+        """The two statements of :meth:`aput`, built once per saver (and per dialect): blobs
+        already stored are left as they are, a checkpoint stored again gets the new columns
+        (``ON CONFLICT`` on PostgreSQL and SQLite, ``ON DUPLICATE KEY`` on MySQL)."""
+        if self._statements is not None:
+            return self._statements
+        kind = self.store.url.kind
+        blob_insert: Any
+        upsert: Any
+        if kind == "mysql":
+            blob_insert = mysql_insert(b_t).on_duplicate_key_update(id=b_t.c.id)  # a no-op
+            checkpoint_insert = mysql_insert(c_t)
+            upsert = checkpoint_insert.on_duplicate_key_update(
+                {name: checkpoint_insert.inserted[name] for name in _CHECKPOINT_COLUMNS}
+            )
+        else:
+            blob_key = [b_t.c.session_id, b_t.c.checkpoint_ns, b_t.c.channel, b_t.c.version]
+            checkpoint_key = [c_t.c.session_id, c_t.c.checkpoint_ns, c_t.c.checkpoint_id]
+            if kind == "postgresql":
+                blob_insert = pg_insert(b_t).on_conflict_do_nothing(index_elements=blob_key)
+                pg_checkpoint = pg_insert(c_t)
+                upsert = pg_checkpoint.on_conflict_do_update(
+                    index_elements=checkpoint_key,
+                    set_={name: pg_checkpoint.excluded[name] for name in _CHECKPOINT_COLUMNS},
+                )
+            else:
+                blob_insert = sqlite_insert(b_t).on_conflict_do_nothing(index_elements=blob_key)
+                lite_checkpoint = sqlite_insert(c_t)
+                upsert = lite_checkpoint.on_conflict_do_update(
+                    index_elements=checkpoint_key,
+                    set_={name: lite_checkpoint.excluded[name] for name in _CHECKPOINT_COLUMNS},
+                )
+        self._statements = (blob_insert, upsert)
+        return self._statements
+
     async def _upsert(
         self,
         conn: AsyncConnection,
@@ -443,14 +492,8 @@ class MofaSaver(BaseCheckpointSaver[str]):
         row: dict[str, Any],
         now: datetime,
     ) -> None:
-        """:meth:`aput`'s writes as two upserts, so no round trip asks first what is there:
-        blobs already stored are left as they are, a checkpoint stored again gets the new
-        columns (``ON CONFLICT`` on PostgreSQL and SQLite, ``ON DUPLICATE KEY`` on MySQL)."""
-        kind = self.store.url.kind
-        if kind == "mysql":
-            await self._upsert_mysql(conn, sid, ns, blobs, row, now)
-            return
-        dialect_insert = pg_insert if kind == "postgresql" else sqlite_insert
+        """:meth:`aput`'s writes as two statements, so no round trip asks what is stored."""
+        blob_insert, upsert = self._upserts()
         if blobs:
             values = [
                 {
@@ -465,54 +508,8 @@ class MofaSaver(BaseCheckpointSaver[str]):
                 }
                 for (channel, version), (value_type, value) in blobs.items()
             ]
-            blob_insert = dialect_insert(b_t).on_conflict_do_nothing(
-                index_elements=[b_t.c.session_id, b_t.c.checkpoint_ns, b_t.c.channel, b_t.c.version]
-            )
             await conn.execute(blob_insert, values)
-        checkpoint_insert = dialect_insert(c_t).values(
-            {**row, "session_id": sid, "id": uuid7(), "created_at": now}
-        )
-        await conn.execute(
-            checkpoint_insert.on_conflict_do_update(
-                index_elements=[c_t.c.session_id, c_t.c.checkpoint_ns, c_t.c.checkpoint_id],
-                set_={name: checkpoint_insert.excluded[name] for name in row},
-            )
-        )
-
-    async def _upsert_mysql(
-        self,
-        conn: AsyncConnection,
-        sid: uuid.UUID,
-        ns: str,
-        blobs: dict[tuple[str, str], tuple[str, bytes | None]],
-        row: dict[str, Any],
-        now: datetime,
-    ) -> None:
-        if blobs:
-            values = [
-                {
-                    "id": uuid7(),
-                    "session_id": sid,
-                    "checkpoint_ns": ns,
-                    "channel": channel,
-                    "version": version,
-                    "value_type": value_type,
-                    "value": value,
-                    "created_at": now,
-                }
-                for (channel, version), (value_type, value) in blobs.items()
-            ]
-            # A stored blob keeps its row: the "update" sets its id to itself.
-            blob_insert = mysql_insert(b_t)
-            await conn.execute(blob_insert.on_duplicate_key_update(id=b_t.c.id), values)
-        checkpoint_insert = mysql_insert(c_t).values(
-            {**row, "session_id": sid, "id": uuid7(), "created_at": now}
-        )
-        await conn.execute(
-            checkpoint_insert.on_duplicate_key_update(
-                {name: checkpoint_insert.inserted[name] for name in row}
-            )
-        )
+        await conn.execute(upsert, {**row, "session_id": sid, "id": uuid7(), "created_at": now})
 
     async def _write_thread(
         self,
