@@ -38,10 +38,21 @@ except ImportError as missing:  # pragma: no cover - the test group installs the
     pytest.skip(reason, allow_module_level=True)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
 CONTENT = "the-content-must-never-be-recorded-" + uuid.uuid4().hex
 PASSWORD = "pw-must-never-be-recorded-" + uuid.uuid4().hex[:8]
+
+
+class _WhileTesting(SimpleSpanProcessor):
+    """Keeps spans only during a test of this file: the providers stay set for the rest of
+    the process, whose other tests must not pile spans up in memory."""
+
+    enabled = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.enabled:
+            super().on_end(span)
 
 
 class Recorded:
@@ -50,8 +61,9 @@ class Recorded:
     def __init__(self) -> None:
         self.spans = InMemorySpanExporter()
         self.metrics = InMemoryMetricReader()
+        self.processor = _WhileTesting(self.spans)
         tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        tracer_provider.add_span_processor(self.processor)
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(MeterProvider(metric_readers=[self.metrics]))
 
@@ -74,12 +86,15 @@ _RECORDED: Recorded | None = None
 
 
 @pytest.fixture
-def recorded() -> Recorded:
+def recorded() -> Iterator[Recorded]:
     global _RECORDED
     if _RECORDED is None:
         _RECORDED = Recorded()  # global providers can be set once per process
     _RECORDED.spans.clear()
-    return _RECORDED
+    _RECORDED.processor.enabled = True
+    yield _RECORDED
+    _RECORDED.processor.enabled = False
+    _RECORDED.spans.clear()
 
 
 def _everything(recorded: Recorded, caplog: pytest.LogCaptureFixture) -> str:
