@@ -149,7 +149,8 @@ def main() -> int:
     parser.add_argument("--upstream", default="127.0.0.1:5432", help="PostgreSQL HOST:PORT")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND to run")
     args = parser.parse_args()
-    command = [part for part in args.command if part != "--"] or ["true"]
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = command or ["true"]
     host, _, port = args.upstream.rpartition(":")
     env = dict(os.environ)
     env.pop("MOFA_PGBOUNCER_URL", None)
