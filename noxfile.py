@@ -1,7 +1,7 @@
 """Test matrix for mofa-persist. Plain `nox` runs the sessions in `nox.options.sessions`:
 tests (each backend), integrations, migrations, reliability, scaleout, bench_smoke, lint and
 typecheck. Run on request only: `soak` (longer reliability runs), `bench` (the full
-benchmarks) and `pgbouncer` (the suite through a private PgBouncer; about 5 minutes).
+benchmarks) and `pgbouncer` (the suite through a private PgBouncer; about 4.5 minutes).
 
 Each dialect gets its own session so a failure names its backend. Server URLs default to the
 local services (PostgreSQL on 5432, MariaDB on 3306) and can be overridden with
