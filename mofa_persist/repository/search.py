@@ -23,10 +23,12 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
+    not_,
     or_,
     select,
     table,
     text,
+    union_all,
 )
 from sqlalchemy.dialects.mysql import match as mysql_match
 
@@ -233,6 +235,7 @@ def _candidates(
     where: list[Any] = list(filters)
     source: Any = m_t.join(s_t, s_t.c.id == m_t.c.session_id)
     rank: Any
+    long_branch: list[Any] = []
     if kind in ("sqlite", "memory"):
         expression = sqlite_match(query)
         if expression is not None:
@@ -250,7 +253,11 @@ def _candidates(
         if tsquery is not None:
             bound = func.to_tsquery(literal_column("'simple'::regconfig"), literal(tsquery))
             vector: ColumnElement[Any] = literal_column(_PG_VECTOR)
-            where.append(or_(vector.op("@@")(bound), literal_column(_PG_LONG)))
+            found = vector.op("@@")(bound)
+            # Messages longer than the indexed prefix come from their own partial index, in
+            # a second branch: an OR of both would hide the GIN index from the planner.
+            long_branch = [literal_column(_PG_LONG), not_(found)]
+            where.append(found)
             rank = cast(func.ts_rank(vector, bound), Float)
         else:
             rank = cast(literal(0.0), Float)
@@ -266,22 +273,23 @@ def _candidates(
                 content = m_t.c.content.collate("utf8mb4_general_ci")
                 where.append(content.like(literal(pattern), escape="\\"))
             rank = cast(literal(0), Numeric(65, 30))
-    inner = (
-        select(
-            m_t.c.id,
-            m_t.c.session_id,
-            m_t.c.seq,
-            m_t.c.role,
-            m_t.c.content,
-            m_t.c.metadata,
-            m_t.c.created_at,
-            s_t.c.title.label("session_title"),
-            rank.label("rank"),
-        )
-        .select_from(source)
-        .where(*where)
-        .subquery("hits")
+    columns = (
+        m_t.c.id,
+        m_t.c.session_id,
+        m_t.c.seq,
+        m_t.c.role,
+        m_t.c.content,
+        m_t.c.metadata,
+        m_t.c.created_at,
+        s_t.c.title.label("session_title"),
+        rank.label("rank"),
     )
+    matched = select(*columns).select_from(source).where(*where)
+    if long_branch:
+        longer = select(*columns).select_from(source).where(*filters, *long_branch)
+        inner = union_all(matched, longer).subquery("hits")
+    else:
+        inner = matched.subquery("hits")
     stmt = select(inner)
     if after is not None:
         rank_text, created_at, message_id = after
