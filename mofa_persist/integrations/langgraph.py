@@ -23,18 +23,24 @@ import random
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from langgraph.checkpoint.base import (
-    WRITES_IDX_MAP,
-    BaseCheckpointSaver,
-    ChannelVersions,
-    Checkpoint,
-    CheckpointMetadata,
-    CheckpointTuple,
-    PendingWrite,
-    get_checkpoint_id,
-    get_checkpoint_metadata,
-    writes_sort_key,
-)
+try:
+    from langgraph.checkpoint.base import (
+        WRITES_IDX_MAP,
+        BaseCheckpointSaver,
+        ChannelVersions,
+        Checkpoint,
+        CheckpointMetadata,
+        CheckpointTuple,
+        PendingWrite,
+        get_checkpoint_id,
+        get_checkpoint_metadata,
+        writes_sort_key,
+    )
+except ImportError as error:  # pragma: no cover - exercised in a subprocess without the extra
+    raise ImportError(
+        "mofa_persist.integrations.langgraph needs LangGraph's checkpoint package: "
+        "pip install 'mofa-persist[langgraph]'"
+    ) from error
 from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert

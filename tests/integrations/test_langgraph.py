@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import subprocess
+import sys
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
@@ -335,3 +337,29 @@ async def test_a_saver_made_outside_a_loop_says_so(store: mofa_persist.Store) ->
             saver.get_tuple({"configurable": {"thread_id": "x"}})
 
     await asyncio.to_thread(in_thread)
+
+
+def test_import_without_langgraph_names_the_extra() -> None:
+    """Without the extra, importing the module says what to install (and the base package
+    never imports LangGraph)."""
+    code = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'langgraph' or name.startswith('langgraph.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "import mofa_persist, mofa_persist.integrations, mofa_persist.cli\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'langgraph'], 'imported'\n"
+        "try:\n"
+        "    import mofa_persist.integrations.langgraph\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+        "else:\n"
+        "    raise SystemExit('imported without LangGraph')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'mofa-persist[langgraph]'" in result.stdout
