@@ -6,6 +6,8 @@
   (``pip install 'mofa-persist[langgraph]'``).
 - ``mofa_persist.integrations.adk``: ``MofaSessionService``, a Google ADK session service
   (``pip install 'mofa-persist[adk]'``).
+- ``mofa_persist.integrations.adk_memory``: ``MofaMemoryService``, a Google ADK memory service
+  over the search index, so ``load_memory`` searches the user's past sessions (same extra).
 
 A framework's session is an ordinary session of this library (see
 :meth:`mofa_persist.Store.session_for`): the CLI, export and copy, retention, erasure and
