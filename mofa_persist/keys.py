@@ -21,6 +21,8 @@ from .errors import ConflictError
 from .models import database_keys_table
 
 if TYPE_CHECKING:
+    import uuid
+
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from .repository.core import StoreCore
@@ -57,3 +59,21 @@ async def database_key(store: StoreCore) -> bytes:
 def keyed_digest(key: bytes, *parts: str) -> str:
     """HMAC-SHA256 of the parts (NUL-separated) as 64 hex characters."""
     return hmac.new(key, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def adk_state_key(
+    kind: str,
+    owners: tuple[uuid.UUID | None, uuid.UUID | None, uuid.UUID | None],
+    app_name: str,
+    adk_user_id: str | None,
+) -> str:
+    """The ``key_hash`` of an ADK app- or user-state row: plain SHA-256 of its kind, owners
+    (tenant, user, agent) and ADK names, with no database key, so that an exported row keeps
+    its key in any database (the import recomputes it to refuse a forged one)."""
+    parts = [
+        kind,
+        *("" if value is None else value.hex for value in owners),
+        app_name,
+        adk_user_id or "",
+    ]
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()

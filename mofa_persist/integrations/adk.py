@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import time
@@ -63,7 +62,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
-from ..keys import database_key, keyed_digest
+from ..keys import adk_state_key, database_key, keyed_digest
 from ..models import (
     adk_sessions_table,
     adk_states_table,
@@ -259,14 +258,7 @@ class MofaSessionService(BaseSessionService):
         scope = self.store.scope
         owner = self.user_uuid(user_id) if user_id is not None else scope.user_id
         kind = "app" if user_id is None else "user"
-        parts = [
-            kind,
-            *("" if value is None else value.hex for value in (scope.tenant_id, owner)),
-            "" if scope.agent_id is None else scope.agent_id.hex,
-            app_name,
-            user_id or "",
-        ]
-        key_hash = hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+        key_hash = adk_state_key(kind, (scope.tenant_id, owner, scope.agent_id), app_name, user_id)
         return {
             "key_hash": key_hash,
             "kind": kind,

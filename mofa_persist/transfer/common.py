@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..errors import InvalidInputError
 from ..models import (
+    adk_sessions_table,
+    adk_states_table,
     agent_state_table,
     api_calls_table,
     external_keys_table,
@@ -51,6 +53,8 @@ Kind = Literal[
     "langgraph_checkpoint",
     "langgraph_blob",
     "langgraph_write",
+    "adk_session",
+    "adk_state",
 ]
 KINDS: tuple[Kind, ...] = (
     "session",
@@ -61,6 +65,8 @@ KINDS: tuple[Kind, ...] = (
     "langgraph_checkpoint",
     "langgraph_blob",
     "langgraph_write",
+    "adk_session",
+    "adk_state",
 )
 
 s_t = sessions_table
@@ -68,6 +74,8 @@ m_t = messages_table
 a_t = agent_state_table
 c_t = api_calls_table
 x_t = external_keys_table
+#: ADK's app and user state: owned by tenant, user and agent, not by a session.
+adk_states = adk_states_table
 
 TABLES: dict[Kind, Table] = {
     "session": s_t,
@@ -78,11 +86,15 @@ TABLES: dict[Kind, Table] = {
     "langgraph_checkpoint": langgraph_checkpoints_table,
     "langgraph_blob": langgraph_blobs_table,
     "langgraph_write": langgraph_writes_table,
+    "adk_session": adk_sessions_table,
+    "adk_state": adk_states_table,
 }
 #: A session's rows in the order they are exported, copied and checksummed. The external
-#: key comes first: it is how a framework (LangGraph, OpenAI Agents) finds the session again.
+#: key comes first: it is how a framework (LangGraph, OpenAI Agents) finds the session again;
+#: ADK's row next, since ADK finds the session only through both.
 CHILDREN: tuple[tuple[Kind, Table, str], ...] = (
     ("external_key", x_t, "id"),
+    ("adk_session", adk_sessions_table, "id"),
     ("message", m_t, "seq"),
     ("state", a_t, "version"),
     ("api_call", c_t, "id"),
@@ -95,6 +107,8 @@ JSON_COLUMNS: dict[Kind, frozenset[str]] = {
     "session": frozenset({"metadata"}),
     "message": frozenset({"metadata"}),
     "state": frozenset({"state"}),
+    "adk_session": frozenset({"state"}),
+    "adk_state": frozenset({"state"}),
 }
 _NO_JSON: frozenset[str] = frozenset()
 
@@ -111,6 +125,8 @@ class Counts:
     langgraph_checkpoints: int = 0
     langgraph_blobs: int = 0
     langgraph_writes: int = 0
+    adk_sessions: int = 0
+    adk_states: int = 0
 
     def add(self, kind: Kind, amount: int = 1) -> None:
         name = PLURAL[kind]
@@ -143,6 +159,8 @@ PLURAL: dict[Kind, str] = {
     "langgraph_checkpoint": "langgraph_checkpoints",
     "langgraph_blob": "langgraph_blobs",
     "langgraph_write": "langgraph_writes",
+    "adk_session": "adk_sessions",
+    "adk_state": "adk_states",
 }
 CORE_COUNTS = frozenset({"sessions", "messages", "states", "api_calls"})
 

@@ -19,13 +19,14 @@ from .common import (
     Counts,
     Kind,
     Selection,
+    adk_states,
     c_t,
     canonical_line,
     encoded,
     in_view,
     s_t,
 )
-from .merging import Conflict, merge_rows
+from .merging import Conflict, merge_adk_states, merge_rows
 from .reading import (
     Digest,
     Fingerprint,
@@ -110,6 +111,7 @@ async def copy_data(
                 on_session(session_id, outcome)
     if selection.includes_unattached_calls:
         await _copy_unattached(src, dst, selection, batch_size, report)
+        await _copy_adk_states(src, dst, selection, batch_size, report)
     await _verify(dst, expected, batch_size, report, on_verified)
     if selection.includes_unattached_calls:
         await _verify_unattached(src, dst, selection, batch_size, report)
@@ -232,13 +234,15 @@ def _mismatch(session_id: uuid.UUID, source: Fingerprint, target: Fingerprint | 
 
 
 async def _unattached_batches(
-    src: Store, selection: Selection, batch_size: int, action: str
+    src: Store, selection: Selection, batch_size: int, action: str, *, adk: bool = False
 ) -> AsyncGenerator[list[RowMapping]]:
-    """The selection's calls of no session at the source, ``batch_size`` at a time."""
-    filters = selection.unattached_call_filters()
+    """The selection's calls of no session (or, ``adk``, ADK's app and user state) at the
+    source, ``batch_size`` at a time."""
+    table = adk_states if adk else c_t
+    filters = selection.owner_filters(table) if adk else selection.unattached_call_filters()
     async with translated(src, action), reading(src) as source_conn:
         batch: list[RowMapping] = []
-        async for row in keyset(source_conn, c_t, filters, "id", batch_size):
+        async for row in keyset(source_conn, table, filters, "id", batch_size):
             batch.append(row)
             if len(batch) >= batch_size:
                 yield batch
@@ -280,3 +284,23 @@ async def _verify_unattached(
             for row in batch:
                 if stored.get(row["id"]) != canonical_line("api_call", row):
                     report.mismatches.append(f"api call {row['id']}: differs at the destination")
+
+
+# ---------------------------------------------------------------------- ADK app and user state
+
+
+async def _copy_adk_states(
+    src: Store, dst: Store, selection: Selection, batch_size: int, report: CopyReport
+) -> None:
+    """ADK's app and user state of the selection's view, matched by ``key_hash``: a row the
+    destination holds with other content is kept there and reported as a conflict."""
+    exact = exact_floats(dst)
+    batches = _unattached_batches(src, selection, batch_size, "read for copy", adk=True)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            numbered = [(0, row) for row in batch]
+            inserted, unchanged = Counts(), Counts()
+            async with translated(dst, "copy"), dst.engine.begin() as target_conn:
+                found = await merge_adk_states(target_conn, numbered, exact, inserted, unchanged)
+            report.conflicts.extend(found)
+            report.rows.merge(inserted)

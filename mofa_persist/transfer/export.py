@@ -1,8 +1,8 @@
 """Export: a selection of sessions as JSON Lines, streamed from one snapshot.
 
 The file is described in ``docs/export-format.md``: a header line, then each session followed
-by its messages, states and provider calls, then the calls of no session, then an end line
-with the counts (so a truncated file is recognised).
+by its messages, states and provider calls, then the calls of no session and ADK's app and
+user state, then an end line with the counts (so a truncated file is recognised).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .common import (
     Counts,
     Kind,
     Selection,
+    adk_states,
     c_t,
     in_view,
     jsonable,
@@ -52,6 +53,8 @@ async def count_selection(store: Store, selection: Selection) -> Counts:
         if selection.includes_unattached_calls:
             unattached = select(func.count()).where(*selection.unattached_call_filters())
             counts.add("api_call", int((await conn.execute(unattached)).scalar_one()))
+            states = select(func.count()).where(*selection.owner_filters(adk_states))
+            counts.add("adk_state", int((await conn.execute(states)).scalar_one()))
     return counts
 
 
@@ -88,6 +91,11 @@ async def iter_export(
             async for row in keyset(conn, c_t, filters, "id", batch_size):
                 counts.add("api_call")
                 yield record_of("api_call", row)
+            # ADK's app and user state of the view: shared by sessions, so not one's rows.
+            filters = selection.owner_filters(adk_states)
+            async for row in keyset(conn, adk_states, filters, "id", batch_size):
+                counts.add("adk_state")
+                yield record_of("adk_state", row)
     yield {"type": "end", "counts": counts.as_dict()}
 
 

@@ -18,7 +18,7 @@ from ..errors import InvalidInputError
 from ..translate import DRIVER_ERRORS, to_backend_error
 from .common import DEFAULT_BATCH, Counts, Kind, s_t
 from .lines import FIELDS, Line, check_end, check_header, parse_line, read_lines
-from .merging import Conflict, merge_rows
+from .merging import Conflict, merge_adk_states, merge_rows
 from .reading import exact_floats, is_key_clash, reading, translated
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class _Owner:
     id: uuid.UUID
     last_seq: int
     state_version: int
+    tenant_id: uuid.UUID | None
 
 
 def _check_row_against_owner(line: Line, owner: _Owner) -> None:
@@ -52,6 +53,10 @@ def _check_row_against_owner(line: Line, owner: _Owner) -> None:
         raise InvalidInputError(
             f"line {line.number}: state version {values['version']} is above its session's "
             f"state_version {owner.state_version}"
+        )
+    if line.kind == "adk_session" and values["tenant_id"] != owner.tenant_id:
+        raise InvalidInputError(
+            f"line {line.number}: adk_session tenant_id is not its session's tenant_id"
         )
 
 
@@ -91,7 +96,12 @@ async def validate_file(
             if line.values["id"] in declared:
                 raise InvalidInputError(f"line {number}: session {line.values['id']} twice")
             declared.add(line.values["id"])
-            owner = _Owner(line.values["id"], line.values["last_seq"], line.values["state_version"])
+            values = line.values
+            owner = _Owner(
+                values["id"], values["last_seq"], values["state_version"], values["tenant_id"]
+            )
+            continue
+        if kind == "adk_state":  # owned by tenant/user/agent, not by a session
             continue
         session_id = line.values["session_id"]
         if session_id is None:
@@ -110,7 +120,7 @@ async def validate_file(
 
 def _check_in_view(store: Store, line: Line) -> None:
     """Into a scoped store, only sessions and calls that belong to its view are imported."""
-    if line.kind not in ("session", "api_call") or not store.scope.restricted:
+    if line.kind not in ("session", "api_call", "adk_state") or not store.scope.restricted:
         return
     values = line.values
     owner = (values["tenant_id"], values["user_id"], values["agent_id"])
@@ -161,7 +171,10 @@ class ImportReport:
         return not self.conflicts
 
 
-def _unit_key(line: Line) -> uuid.UUID | None:
+def _unit_key(line: Line) -> uuid.UUID | str | None:
+    """A session's id for its lines; ADK app/user state lines are a unit of their own."""
+    if line.kind == "adk_state":
+        return "adk_state"
     key: uuid.UUID | None = line.values["id" if line.kind == "session" else "session_id"]
     return key
 
@@ -191,7 +204,11 @@ async def _import_unit(
                 first = first or run[0]
                 kind = cast("Kind", run[0].kind)
                 numbered = [(line.number, line.values) for line in run]
-                await merge_rows(conn, kind, numbered, exact, inserted, unchanged)
+                if kind == "adk_state":
+                    found = await merge_adk_states(conn, numbered, exact, inserted, unchanged)
+                    report.conflicts.extend(found)
+                else:
+                    await merge_rows(conn, kind, numbered, exact, inserted, unchanged)
     except Conflict as conflict:
         report.conflicts.append(f"{_unit_name(first)}: {conflict}; not imported")
         return
@@ -212,6 +229,8 @@ def _unit_name(first: Line | None) -> str:
         return "(empty)"
     key = _unit_key(first)
     where = f"from line {first.number}"
+    if key == "adk_state":
+        return f"ADK app and user state ({where})"
     return f"session {key} ({where})" if key is not None else f"calls of no session ({where})"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError
+from ..keys import adk_state_key
 from ..records import API_CALL_STATUSES
 from ..validate import check_role, check_text, check_title, encode_document
 from .common import FORMAT_NAME, READABLE_VERSIONS, Counts, Kind
@@ -152,6 +154,22 @@ def _optional_binary(name: str, value: object, exact: bool) -> bytes | None:
     return None if value is None else _binary(name, value, exact)
 
 
+def _finite(name: str, value: object, _exact: bool) -> float:
+    """ADK's ``update_time``: a JSON number kept as the exact float it was (repr round-trips)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"{name} must be a number, not {_json_type(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInputError(f"{name} must be finite")
+    return number
+
+
+def _adk_kind(name: str, value: object, _exact: bool) -> str:
+    if value not in ("app", "user"):
+        raise InvalidInputError(f"{name} must be app or user; got {value!r}")
+    return str(value)
+
+
 def _index(name: str, value: object, _exact: bool) -> int:
     """A pending write's index: LangGraph's special channels use negative ones."""
     return _integer(name, value, -_INT32_MAX)
@@ -250,6 +268,29 @@ FIELDS: dict[Kind, dict[str, FieldCheck]] = {
         "task_path": _key(2**24, least=0),
         "created_at": _time,
     },
+    "adk_session": {
+        "id": _uuid,
+        "session_id": _uuid,
+        "tenant_id": _optional_uuid,
+        "app_name": _key(128),
+        "adk_user_id": _key(128),
+        "adk_session_id": _key(128),
+        "state": _document,
+        "update_time": _finite,
+        "created_at": _time,
+    },
+    "adk_state": {
+        "id": _uuid,
+        "key_hash": _key_hash,
+        "kind": _adk_kind,
+        "tenant_id": _optional_uuid,
+        "user_id": _optional_uuid,
+        "agent_id": _optional_uuid,
+        "app_name": _key(128),
+        "adk_user_id": _key(128, optional=True),
+        "state": _document,
+        "updated_at": _time,
+    },
 }
 
 
@@ -320,7 +361,20 @@ def _parse(number: int, raw: bytes, exact_floats: bool) -> Line:
         problems += [f"unknown {', '.join(unknown)}"] if unknown else []
         raise InvalidInputError(f"{kind} fields: {'; '.join(problems)}")
     values = {name: check(name, record[name], exact_floats) for name, check in checks.items()}
+    if kind == "adk_state":
+        _check_adk_state(values)
     return Line(number, kind, values)
+
+
+def _check_adk_state(values: dict[str, Any]) -> None:
+    """The row's key must be the one its owners and names give: ADK finds it by that key, and
+    a forged key would shadow another view's state."""
+    if (values["kind"] == "user") != (values["adk_user_id"] is not None):
+        raise InvalidInputError("adk_user_id must be set for user state and null for app state")
+    owners = (values["tenant_id"], values["user_id"], values["agent_id"])
+    expected = adk_state_key(values["kind"], owners, values["app_name"], values["adk_user_id"])
+    if values["key_hash"] != expected:
+        raise InvalidInputError("key_hash does not match the row's kind, owners and names")
 
 
 def check_header(number: int, raw: bytes) -> None:
