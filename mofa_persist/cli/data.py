@@ -77,8 +77,8 @@ def export(
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Export sessions with their messages, states, provider calls, external keys and LangGraph
-    checkpoints as JSON Lines.
+    """Export sessions with their messages, states, provider calls, external keys, LangGraph
+    checkpoints and Google ADK sessions and app/user state as JSON Lines.
 
     --session, --tenant, --user and --agent combine (AND); --all takes every session.
     Streams in constant memory; the format is in docs/export-format.md.
