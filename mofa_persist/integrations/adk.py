@@ -317,6 +317,66 @@ class MofaSessionService(BaseSessionService):
         found = {row.key_hash: dict(row.state) for row in await conn.execute(stmt)}
         return found.get(app_hash, {}), found.get(user_hash, {})
 
+    async def _insert_session_rows(
+        self,
+        conn: AsyncConnection,
+        sid: uuid.UUID,
+        app: str,
+        user: str,
+        ident: str,
+        encoded_state: Any,
+        update_time: float,
+        *,
+        created_at: datetime,
+        now: datetime,
+        last_seq: int = 0,
+    ) -> None:
+        """An ADK session's three rows: the library session, its external key (unique: a second
+        session of one id fails here) and its ``adk_sessions`` row. One shape for
+        :meth:`create_session`, the importer and the memory service's copies."""
+        scope = self.store.scope
+        external = _external_id(app, user, ident)
+        await conn.execute(
+            insert(s_t),
+            {
+                "id": sid,
+                "user_id": self.user_uuid(user),
+                "tenant_id": scope.tenant_id,
+                "agent_id": scope.agent_id,
+                "title": f"{app}/{user}/{ident}"[:500],
+                "metadata": self._encode("metadata", {"adk": {"app_name": app}}),
+                "last_seq": last_seq,
+                "state_version": 0,
+                "created_at": created_at,
+                "updated_at": now,
+            },
+        )
+        await conn.execute(
+            insert(x_t),
+            {
+                "id": uuid7(),
+                "key_hash": self.store._key_hash(NAMESPACE, external),
+                "namespace": NAMESPACE,
+                "external_id": external,
+                "session_id": sid,
+                "created_at": now,
+            },
+        )
+        await conn.execute(
+            insert(a_t),
+            {
+                "id": uuid7(),
+                "session_id": sid,
+                "tenant_id": scope.tenant_id,
+                "app_name": app,
+                "adk_user_id": user,
+                "adk_session_id": ident,
+                "state": encoded_state,
+                "update_time": update_time,
+                "created_at": now,
+            },
+        )
+
     async def _merge_state(
         self,
         conn: AsyncConnection,
@@ -385,56 +445,14 @@ class MofaSessionService(BaseSessionService):
         session_state = self._encode("state", deltas["session"])
         for scope_name in ("app", "user"):
             self._encode(f"{scope_name} state", deltas[scope_name])
-        external = _external_id(app, user, ident)
-        key_hash = self.store._key_hash(NAMESPACE, external)
-        scope = self.store.scope
         now = datetime.now(UTC)
         update_time = time.time()
         sid = uuid7()
-        library_user = self.user_uuid(user)
-        title = f"{app}/{user}/{ident}"[:500]
 
         async def work(conn: AsyncConnection) -> tuple[dict[str, Any], dict[str, Any]]:
-            await conn.execute(
-                insert(s_t),
-                {
-                    "id": sid,
-                    "user_id": library_user,
-                    "tenant_id": scope.tenant_id,
-                    "agent_id": scope.agent_id,
-                    "title": title,
-                    "metadata": self._encode("metadata", {"adk": {"app_name": app}}),
-                    "last_seq": 0,
-                    "state_version": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            # The unique key: a second session of this id loses here (ConflictError).
-            await conn.execute(
-                insert(x_t),
-                {
-                    "id": uuid7(),
-                    "key_hash": key_hash,
-                    "namespace": NAMESPACE,
-                    "external_id": external,
-                    "session_id": sid,
-                    "created_at": now,
-                },
-            )
-            await conn.execute(
-                insert(a_t),
-                {
-                    "id": uuid7(),
-                    "session_id": sid,
-                    "tenant_id": scope.tenant_id,
-                    "app_name": app,
-                    "adk_user_id": user,
-                    "adk_session_id": ident,
-                    "state": session_state,
-                    "update_time": update_time,
-                    "created_at": now,
-                },
+            # The unique external key: a second session of this id loses here (ConflictError).
+            await self._insert_session_rows(
+                conn, sid, app, user, ident, session_state, update_time, created_at=now, now=now
             )
             if deltas["app"]:
                 await self._merge_state(conn, app, None, deltas["app"], now)

@@ -37,17 +37,14 @@ from ..errors import BackendError, ConflictError, InvalidInputError, Persistence
 from ..ids import uuid7
 from ..translate import DRIVER_ERRORS
 from .adk import (
-    NAMESPACE,
     MofaSessionService,
     _at,
     _content_of,
-    _external_id,
     _name,
     _role_of,
     a_t,
     m_t,
     s_t,
-    x_t,
 )
 
 try:
@@ -276,54 +273,25 @@ async def _import_session(
         report.events += len(rest)
         return
 
-    scope = store.scope
     sid = uuid7()
     now = datetime.now(UTC)
-    external = _external_id(app, user, ident)
     messages = [_message(sid, seq, event, service) for seq, event in enumerate(events, 1)]
+    created_at = (
+        row.create_time.replace(tzinfo=UTC) if row.create_time.tzinfo is None else row.create_time
+    )
 
     async def create(conn: AsyncConnection) -> None:
-        await conn.execute(
-            insert(s_t),
-            {
-                "id": sid,
-                "user_id": service.user_uuid(user),
-                "tenant_id": scope.tenant_id,
-                "agent_id": scope.agent_id,
-                "title": f"{app}/{user}/{ident}"[:500],
-                "metadata": service._encode("metadata", {"adk": {"app_name": app}}),
-                "last_seq": len(messages),
-                "state_version": 0,
-                "created_at": row.create_time.replace(tzinfo=UTC)
-                if row.create_time.tzinfo is None
-                else row.create_time,
-                "updated_at": now,
-            },
-        )
-        await conn.execute(
-            insert(x_t),
-            {
-                "id": uuid7(),
-                "key_hash": store._key_hash(NAMESPACE, external),
-                "namespace": NAMESPACE,
-                "external_id": external,
-                "session_id": sid,
-                "created_at": now,
-            },
-        )
-        await conn.execute(
-            insert(a_t),
-            {
-                "id": uuid7(),
-                "session_id": sid,
-                "tenant_id": scope.tenant_id,
-                "app_name": app,
-                "adk_user_id": user,
-                "adk_session_id": ident,
-                "state": encoded_state,
-                "update_time": update_time,
-                "created_at": now,
-            },
+        await service._insert_session_rows(
+            conn,
+            sid,
+            app,
+            user,
+            ident,
+            encoded_state,
+            update_time,
+            created_at=created_at,
+            now=now,
+            last_seq=len(messages),
         )
         for start in range(0, len(messages), _BATCH):
             await conn.execute(insert(m_t), messages[start : start + _BATCH])

@@ -63,18 +63,15 @@ from ..repository.search import _candidates, _rank_text
 from ..searching import fold, parse_query
 from ..searching import words as words_of
 from .adk import (
-    NAMESPACE,
     MofaSessionService,
     _at,
     _content_of,
     _event_of,
-    _external_id,
     _name,
     _role_of,
     a_t,
     m_t,
     s_t,
-    x_t,
 )
 
 if TYPE_CHECKING:
@@ -269,7 +266,17 @@ class MofaMemoryService(BaseMemoryService):
             stored = await service._find(conn, app, user, ident)
             if stored is None:
                 sid = uuid7()
-                await self._create(conn, sid, app, user, ident, encoded_state, now, update_time)
+                await service._insert_session_rows(
+                    conn,
+                    sid,
+                    app,
+                    user,
+                    ident,
+                    encoded_state,
+                    time.time() if update_time is None else update_time,
+                    created_at=now,
+                    now=now,
+                )
                 have: set[str | None] = set()
             else:
                 sid = stored.sid
@@ -314,61 +321,6 @@ class MofaMemoryService(BaseMemoryService):
         except ConflictError:
             # Another caller made the session first: now it is there, append to it.
             await self.store._run(work, write=True, action="add an ADK session to memory")
-
-    async def _create(
-        self,
-        conn: AsyncConnection,
-        sid: uuid.UUID,
-        app: str,
-        user: str,
-        ident: str,
-        encoded_state: Any,
-        now: datetime,
-        update_time: float | None,
-    ) -> None:
-        """The session's rows, as ``MofaSessionService.create_session`` writes them."""
-        scope = self.store.scope
-        external = _external_id(app, user, ident)
-        await conn.execute(
-            insert(s_t),
-            {
-                "id": sid,
-                "user_id": self._sessions.user_uuid(user),
-                "tenant_id": scope.tenant_id,
-                "agent_id": scope.agent_id,
-                "title": f"{app}/{user}/{ident}"[:500],
-                "metadata": self._sessions._encode("metadata", {"adk": {"app_name": app}}),
-                "last_seq": 0,
-                "state_version": 0,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        await conn.execute(
-            insert(x_t),
-            {
-                "id": uuid7(),
-                "key_hash": self.store._key_hash(NAMESPACE, external),
-                "namespace": NAMESPACE,
-                "external_id": external,
-                "session_id": sid,
-                "created_at": now,
-            },
-        )
-        await conn.execute(
-            insert(a_t),
-            {
-                "id": uuid7(),
-                "session_id": sid,
-                "tenant_id": scope.tenant_id,
-                "app_name": app,
-                "adk_user_id": user,
-                "adk_session_id": ident,
-                "state": encoded_state,
-                "update_time": time.time() if update_time is None else update_time,
-                "created_at": now,
-            },
-        )
 
     # ------------------------------------------------------------------ searching
 
