@@ -437,10 +437,11 @@ class MySqlLane(Lane):
         """Run a packed :func:`bump_sql`; the new (last_seq, state_version), ``None`` when it
         matched no row.
 
-        The counters normally come back in the OK packet. Rarely (seen once in CI under 8
-        writers on one session, MariaDB 10.11) a matched UPDATE reports insert id 0; the
-        row is then read back, which is exact: this transaction holds its lock and sees
-        its own change.
+        The counters come back in the OK packet, except when the packed value is 0 (a
+        bump of nothing on a fresh session): an UPDATE that changed a row but reports insert
+        id 0 has its row read back, which is exact (this transaction holds its lock and sees
+        its own change) and keeps the caller from rerunning a bump that did happen. A row
+        MariaDB skipped (0 rows) is ``None``; see ``writes.lean_write``.
         """
         async with db.cursor() as cursor:
             await cursor.execute(sql, params)
