@@ -90,8 +90,10 @@ def get_session_sql(style: str, scoped: tuple[str, ...]) -> str:
 
 
 @functools.cache
-def session_exists_sql(style: str, scoped: tuple[str, ...]) -> str:
-    return "SELECT state_version FROM sessions" + session_filter_sql(style, scoped)
+def session_exists_sql(style: str, scoped: tuple[str, ...], lock: bool = False) -> str:
+    """The session's state_version; ``lock`` (MySQL) reads it with FOR UPDATE."""
+    text = "SELECT state_version FROM sessions" + session_filter_sql(style, scoped)
+    return text + " FOR UPDATE" if lock else text
 
 
 @functools.cache
