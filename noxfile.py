@@ -1,6 +1,6 @@
 """Test matrix for mofa-persist. Plain `nox` runs the sessions in `nox.options.sessions`:
-tests (each backend), integrations, migrations, reliability, scaleout, bench_smoke, lint and
-typecheck. Run on request only: `soak` (longer reliability runs), `bench` (the full
+tests (each backend), integrations, migrations, reliability, scaleout, failover, bench_smoke,
+lint and typecheck. Run on request only: `soak` (longer reliability runs), `bench` (the full
 benchmarks) and `pgbouncer` (the suite through a private PgBouncer; about 4.5 minutes).
 
 Each dialect gets its own session so a failure names its backend. Server URLs default to the
@@ -27,6 +27,7 @@ nox.options.sessions = [
     "migrations",
     "reliability",
     "scaleout",
+    "failover",
     "bench_smoke",
     "lint",
     "typecheck",
@@ -57,6 +58,7 @@ def _conformance(session: nox.Session, *args: str, **env: str) -> None:
         "--ignore=tests/scaleout",
         "--ignore=tests/integrations",
         "--ignore=tests/pgbouncer",
+        "--ignore=tests/failover",
         *args,
         env=_env(**env),
     )
@@ -193,6 +195,7 @@ def pgbouncer(session: nox.Session) -> None:
         "--ignore=tests/scaleout",
         "--ignore=tests/integrations",
         "--ignore=tests/pgbouncer",
+        "--ignore=tests/failover",
         *PARALLEL,
     ]
     # The conformance suite needs the pooler: without one it is not run (tests/pgbouncer
@@ -202,6 +205,26 @@ def pgbouncer(session: nox.Session) -> None:
     session.run(*script, "sh", "-c", guarded, "sh", *conformance, env=env)
     session.run(
         *script, "sh", "-c", through, "sh", "pytest", "tests/pgbouncer", *session.posargs, env=env
+    )
+
+
+@nox.session
+def failover(session: nox.Session) -> None:
+    """Automatic failover: Patroni + etcd over two private PostgreSQL 15 nodes (synchronous
+    replication); the primary's node is SIGKILLed under load and the store follows the
+    promoted standby (tests/failover, about 1.5 minutes).
+
+    scripts/pg_ha_private.py installs Debian's patroni and etcd-server if missing (as root);
+    with CI=true a missing one fails the run. The test starts its own cluster on free
+    loopback ports and never touches the shared servers.
+    """
+    _install(session, "test")
+    session.run("python", "scripts/pg_ha_private.py", "install", env=_env())
+    session.run(
+        "pytest",
+        "tests/failover",
+        *session.posargs,
+        env=_env(MOFA_TEST_BACKENDS="postgresql"),
     )
 
 
