@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 try:
     from langgraph.checkpoint.base import (
@@ -56,6 +56,7 @@ from ..models import (
     sessions_table,
 )
 from ..repository.external import _check_external_id
+from .langgraph_reads import MAX_CHANNELS, CheckpointRow, Part, checkpoint_sql, read_checkpoint
 
 if TYPE_CHECKING:
     import uuid
@@ -288,31 +289,47 @@ class MofaSaver(BaseCheckpointSaver[str]):
                 )
         result = []
         for row, checkpoint in loaded:
-            thread_id = threads[row.session_id]
             values = {}
             for channel, version in checkpoint["channel_versions"].items():
                 key = (row.session_id, row.checkpoint_ns, channel, str(version))
                 if key in blobs:
                     values[channel] = blobs[key]
-            metadata: CheckpointMetadata = self.serde.loads_typed(
-                (row.metadata_type, row._mapping["metadata"])
-            )
             pending = writes[(row.session_id, row.checkpoint_ns, row.checkpoint_id)]
-            pending.sort(key=lambda item: item[0])
-            parent = (
-                _config(thread_id, row.checkpoint_ns, row.parent_checkpoint_id)
-                if row.parent_checkpoint_id
-                else None
+            result.append(
+                self._assemble(
+                    threads[row.session_id],
+                    CheckpointRow(*(row._mapping[name] for name in CheckpointRow._fields)),
+                    checkpoint,
+                    values,
+                    pending,
+                )
             )
-            found = CheckpointTuple(
-                config=_config(thread_id, row.checkpoint_ns, row.checkpoint_id),
-                checkpoint={**checkpoint, "channel_values": values},
-                metadata=metadata,
-                parent_config=parent,
-                pending_writes=[write for _, write in pending],
-            )
-            result.append((found, metadata))
         return result
+
+    def _assemble(
+        self,
+        thread_id: str,
+        row: CheckpointRow,
+        checkpoint: Checkpoint,
+        values: dict[str, Any],
+        pending: list[tuple[tuple[str, str, int], PendingWrite]],
+    ) -> tuple[CheckpointTuple, CheckpointMetadata]:
+        """A checkpoint tuple from its row, decoded checkpoint, channel values and writes."""
+        metadata: CheckpointMetadata = self.serde.loads_typed((row.metadata_type, row.metadata))
+        pending.sort(key=lambda item: item[0])
+        parent = (
+            _config(thread_id, row.checkpoint_ns, row.parent_checkpoint_id)
+            if row.parent_checkpoint_id
+            else None
+        )
+        found = CheckpointTuple(
+            config=_config(thread_id, row.checkpoint_ns, row.checkpoint_id),
+            checkpoint={**checkpoint, "channel_values": values},
+            metadata=metadata,
+            parent_config=parent,
+            pending_writes=[write for _, write in pending],
+        )
+        return found, metadata
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (by ``checkpoint_id``), else the thread's latest."""
@@ -321,6 +338,9 @@ class MofaSaver(BaseCheckpointSaver[str]):
         ns = str(configurable.get("checkpoint_ns", ""))
         checkpoint_id = get_checkpoint_id(config)
         self._seen_loop()
+        lean = await self._lean_tuple(thread_id, ns, checkpoint_id)
+        if lean is not False:
+            return lean
         stmt = select(c_t).where(
             c_t.c.session_id == self._thread_session(thread_id), c_t.c.checkpoint_ns == ns
         )
@@ -336,6 +356,55 @@ class MofaSaver(BaseCheckpointSaver[str]):
             return (await self._tuples(conn, [row], {row.session_id: thread_id}))[0][0]
 
         return await self._read(work, "read a LangGraph checkpoint")
+
+    async def _lean_tuple(
+        self, thread_id: str, ns: str, checkpoint_id: str | None
+    ) -> CheckpointTuple | Literal[False] | None:
+        """:meth:`aget_tuple` in two driver-level statements (see langgraph_reads); ``False``
+        when the checkpoint has too many channels for them."""
+        store = self.store
+        backend = store._backend
+        by_id = bool(checkpoint_id)
+        statement = checkpoint_sql(backend.lane.style, store._scope_shape(), by_id)
+        key_hash = store._key_hash(NAMESPACE, _check_external_id(thread_id))
+        params = [key_hash, *store._scope_params(), ns]
+        if by_id:
+            params.append(str(checkpoint_id))
+        decoded: list[Checkpoint] = []
+
+        def versions(row: CheckpointRow) -> list[tuple[str, str]] | None:
+            checkpoint: Checkpoint = self.serde.loads_typed((row.checkpoint_type, row.checkpoint))
+            decoded[:] = [checkpoint]
+            pairs = [(c, str(v)) for c, v in checkpoint["channel_versions"].items()]
+            return pairs if len(pairs) <= MAX_CHANNELS else None
+
+        async def work(db: Any) -> tuple[CheckpointRow, list[Part] | None] | None:
+            return await read_checkpoint(backend, db, statement, params, versions)
+
+        found = await store._run(
+            work,
+            write=False,
+            action="read a LangGraph checkpoint",
+            lean=True,
+            one_read=not backend.is_sqlite,  # PostgreSQL: two statements in autocommit
+            own_transaction=backend.one_hop_writes,
+        )
+        if found is None:
+            return None
+        row, parts = found
+        if parts is None:
+            return False
+        values: dict[str, Any] = {}
+        pending: list[tuple[tuple[str, str, int], PendingWrite]] = []
+        for kind, channel, name, idx, task_path, value_type, value in parts:
+            if kind == 0:
+                if value_type != "empty" and value is not None:
+                    values[channel] = self.serde.loads_typed((value_type, value))
+            else:
+                loaded = self.serde.loads_typed((value_type, cast("bytes", value)))
+                order = writes_sort_key(task_path, name, idx)
+                pending.append((order, (name, channel, loaded)))
+        return self._assemble(thread_id, row, decoded[0], values, pending)[0]
 
     async def alist(
         self,

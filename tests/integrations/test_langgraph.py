@@ -229,6 +229,42 @@ async def test_unchanged_channels_are_not_written_again(store: mofa_persist.Stor
         assert sorted(row.channel for row in blobs) == ["a", "b", "b"]
 
 
+@pytest.mark.parametrize("channels", [3, 70], ids=["few channels", "more than one statement takes"])
+async def test_latest_read_matches_the_listing(store: mofa_persist.Store, channels: int) -> None:
+    """aget_tuple reads with driver-level SQL (two statements; more than 64 channels take the
+    SQLAlchemy path alist uses): both give the same tuple, pending writes in order, and a
+    thread of another view stays invisible."""
+    saver = MofaSaver(store.scoped(tenant_id=uuid.uuid4()))
+    thread = str(uuid.uuid4())
+    config: Any = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    versions = {f"c{i}": saver.get_next_version(None, None) for i in range(channels)}
+    checkpoint: Any = {
+        "v": 1,
+        "id": "1",
+        "ts": "2026-12-02T00:00:00+00:00",
+        "channel_values": {f"c{i}": [i, "x" * i] for i in range(channels)},
+        "channel_versions": dict(versions),
+        "versions_seen": {},
+        "updated_channels": None,
+    }
+    stored = await saver.aput(config, checkpoint, {"step": 0, "source": "input"}, versions)
+    await saver.aput_writes(stored, [("c1", "late"), ("c0", b"\x00raw")], task_id="t2")
+    await saver.aput_writes(stored, [("c2", {"k": 1})], task_id="t1", task_path="a")
+    latest = await saver.aget_tuple(config)
+    by_id = await saver.aget_tuple(stored)
+    listed = [found async for found in saver.alist(config)]
+    assert latest is not None and by_id is not None and len(listed) == 1
+    assert latest == by_id == listed[0]
+    assert latest.checkpoint["channel_values"] == checkpoint["channel_values"]
+    assert latest.pending_writes == listed[0].pending_writes
+    assert {w[0] for w in latest.pending_writes} == {"t1", "t2"}
+    assert await MofaSaver(store.scoped(tenant_id=uuid.uuid4())).aget_tuple(config) is None
+    missing: Any = {
+        "configurable": {"thread_id": thread, "checkpoint_ns": "", "checkpoint_id": "9"}
+    }
+    assert await saver.aget_tuple(missing) is None
+
+
 # ---------------------------------------------------------------------- threads are sessions
 
 
