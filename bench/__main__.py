@@ -2,4 +2,6 @@
 
 from bench.cli import main
 
-raise SystemExit(main())
+# Guarded: the 4-process workload spawns children that import this module as __mp_main__.
+if __name__ == "__main__":
+    raise SystemExit(main())

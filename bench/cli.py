@@ -64,20 +64,25 @@ def make_impls(target: Target) -> list[Impl]:
     from .impls.library import LibraryImpl
 
     floor: Impl
+    minimal: Impl
     if target.backend == "postgresql":
         from .impls.floor_pg import PostgresFloor
+        from .impls.minimal_pg import PostgresMinimal
 
-        floor = PostgresFloor(target)
+        floor, minimal = PostgresFloor(target), PostgresMinimal(target)
     elif target.backend == "mysql":
         from .impls.floor_mysql import MySqlFloor
+        from .impls.minimal_mysql import MySqlMinimal
 
-        floor = MySqlFloor(target)
+        floor, minimal = MySqlFloor(target), MySqlMinimal(target)
     else:
         from .impls.floor_sqlite import SqliteFloor
+        from .impls.minimal_sqlite import SqliteMinimal
 
-        floor = SqliteFloor(target)
-    # The library first: connecting runs the migrations on the fresh database.
-    return [floor, CoreImpl(target), LibraryImpl(target)]
+        floor, minimal = SqliteFloor(target), SqliteMinimal(target)
+    # Opened in reverse: the library first, as connecting runs the migrations on the fresh
+    # database.
+    return [floor, minimal, CoreImpl(target), LibraryImpl(target)]
 
 
 async def server_version(impl: Impl) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .impls.base import CONTENT
 from .measure import Check, Measurement, latency_rounds, median, rate_rounds
+from .multiproc import PROCESSES, TASKS_PER_PROCESS, Workers
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -171,11 +172,13 @@ async def _concurrent(
     return sizes.tasks * sizes.per_task / elapsed, errors, problems
 
 
-def _check_history(rows: list[tuple[int, str]], sizes: Sizes, tasks: list[int]) -> list[str]:
-    """Lost, duplicated, out-of-order messages, and gaps in seq."""
+def _check_history(
+    rows: list[tuple[int, str]], sizes: Sizes, tasks: list[int], gapless: bool = True
+) -> list[str]:
+    """Lost, duplicated, out-of-order messages, and (if ``gapless``) gaps in seq."""
     problems = []
     seqs = [seq for seq, _ in rows]
-    if seqs != list(range(1, len(rows) + 1)):
+    if gapless and seqs != list(range(1, len(rows) + 1)):
         problems.append("seq is not gap-free 1..n")
     contents = [content for _, content in rows]
     expected = {f"t{t}-{i}" for t in tasks for i in range(sizes.per_task)}
@@ -209,7 +212,48 @@ async def w5_concurrency(backend: str, impls: Sequence[Impl], sizes: Sizes) -> R
                     Check(f"W5 {case}", backend, impl.name, not details, "; ".join(details))
                 )
         out += _emit(backend, "W5 concurrency", case, rates, "msg/s", True)
+    if backend != "memory":  # an in-memory database cannot be shared between processes
+        found, verdicts = await _w5_processes(backend, impls, sizes)
+        out += found
+        checks += verdicts
     return out, checks
+
+
+async def _w5_processes(backend: str, impls: Sequence[Impl], sizes: Sizes) -> Results:
+    """4 processes x 5 tasks into one session, each process with its own pool or Store.
+
+    The minimal floor's seq comes from process memory, so across processes it is not
+    gap-free (that is what a counter is for): only loss, duplicates and order are checked.
+    """
+    case = f"{PROCESSES} procs x {TASKS_PER_PROCESS} tasks, shared"
+    rates: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    checks: list[Check] = []
+    workers = await asyncio.to_thread(Workers)
+    try:
+        for impl in impls:
+            sid = await impl.create_session(uuid.uuid4())
+            target = impl.target  # type: ignore[attr-defined]
+            rate, errors = await asyncio.to_thread(
+                workers.run, impl.name, target, sid, sizes.per_task
+            )
+            rates[impl.name].append(rate)
+            tasks = list(range(PROCESSES * TASKS_PER_PROCESS))
+            problems = _check_history(
+                await impl.read_all(sid), sizes, tasks, gapless=impl.name != "minimal"
+            )
+            details = [f"{len(errors)} errors ({errors[0]})"] if errors else []
+            checks.append(
+                Check(
+                    f"W5 {case}",
+                    backend,
+                    impl.name,
+                    not (details + problems),
+                    "; ".join(details + problems),
+                )
+            )
+    finally:
+        await asyncio.to_thread(workers.close)
+    return _emit(backend, "W5 concurrency", case, rates, "msg/s", True), checks
 
 
 async def _export(impl: Impl, sid: uuid.UUID, page: int) -> int:

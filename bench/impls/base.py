@@ -93,3 +93,27 @@ class Impl(ABC):
     @abstractmethod
     async def seed_sessions(self, user_ids: Sequence[uuid.UUID]) -> None:
         """Bulk-create one session per entry of ``user_ids`` (untimed setup for W4)."""
+
+
+class LocalSeq:
+    """Per-session ``seq`` handed out in process memory, for the minimal floor.
+
+    The minimal floor keeps no counter in the database: the number is taken synchronously
+    before the INSERT is awaited, so one process's tasks still get gap-free, ordered numbers;
+    several processes on one session do not (that is the counter's job, which this floor skips).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[uuid.UUID, int] = {}
+
+    def next(self, sid: uuid.UUID, count: int = 1) -> int:
+        """Reserve ``count`` numbers; returns the first."""
+        last = self._last.get(sid, 0)
+        self._last[sid] = last + count
+        return last + 1
+
+    def set(self, sid: uuid.UUID, last: int) -> None:
+        self._last[sid] = last
+
+    def clear(self) -> None:
+        self._last.clear()

@@ -26,17 +26,17 @@ if TYPE_CHECKING:
 
 TABLE = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
 DDL = [
-    f"""CREATE TABLE bench_sessions (
+    f"""CREATE TABLE IF NOT EXISTS bench_sessions (
         id CHAR(32) PRIMARY KEY, user_id CHAR(32), metadata JSON,
         last_seq INT NOT NULL DEFAULT 0, state_version INT NOT NULL DEFAULT 0,
         created_at DATETIME(6) NOT NULL, updated_at DATETIME(6) NOT NULL,
         INDEX ix_bench_sessions_user (user_id, updated_at, id)) {TABLE}""",
-    f"""CREATE TABLE bench_messages (
+    f"""CREATE TABLE IF NOT EXISTS bench_messages (
         id CHAR(32) PRIMARY KEY, session_id CHAR(32) NOT NULL, seq INT NOT NULL,
         role VARCHAR(20) NOT NULL, content LONGTEXT NOT NULL, metadata JSON NOT NULL,
         created_at DATETIME(6) NOT NULL, UNIQUE KEY uq_bench_messages (session_id, seq),
         FOREIGN KEY (session_id) REFERENCES bench_sessions (id) ON DELETE CASCADE) {TABLE}""",
-    f"""CREATE TABLE bench_state (
+    f"""CREATE TABLE IF NOT EXISTS bench_state (
         id CHAR(32) PRIMARY KEY, session_id CHAR(32) NOT NULL, version INT NOT NULL,
         state JSON NOT NULL, created_at DATETIME(6) NOT NULL,
         UNIQUE KEY uq_bench_state (session_id, version),

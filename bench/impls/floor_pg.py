@@ -24,17 +24,17 @@ if TYPE_CHECKING:
     from ..servers import Target
 
 DDL = [
-    """CREATE TABLE bench_sessions (
+    """CREATE TABLE IF NOT EXISTS bench_sessions (
         id uuid PRIMARY KEY, user_id uuid, metadata jsonb,
         last_seq integer NOT NULL DEFAULT 0, state_version integer NOT NULL DEFAULT 0,
         created_at timestamptz NOT NULL, updated_at timestamptz NOT NULL)""",
-    "CREATE INDEX ix_bench_sessions_user ON bench_sessions (user_id, updated_at, id)",
-    """CREATE TABLE bench_messages (
+    "CREATE INDEX IF NOT EXISTS ix_bench_sessions_user ON bench_sessions (user_id, updated_at, id)",
+    """CREATE TABLE IF NOT EXISTS bench_messages (
         id uuid PRIMARY KEY,
         session_id uuid NOT NULL REFERENCES bench_sessions (id) ON DELETE CASCADE,
         seq integer NOT NULL, role varchar(20) NOT NULL, content text NOT NULL,
         metadata jsonb NOT NULL, created_at timestamptz NOT NULL, UNIQUE (session_id, seq))""",
-    """CREATE TABLE bench_state (
+    """CREATE TABLE IF NOT EXISTS bench_state (
         id uuid PRIMARY KEY,
         session_id uuid NOT NULL REFERENCES bench_sessions (id) ON DELETE CASCADE,
         version integer NOT NULL, state jsonb NOT NULL, created_at timestamptz NOT NULL,

@@ -27,17 +27,17 @@ if TYPE_CHECKING:
     from ..servers import Target
 
 DDL = [
-    """CREATE TABLE bench_sessions (
+    """CREATE TABLE IF NOT EXISTS bench_sessions (
         id CHAR(32) PRIMARY KEY, user_id CHAR(32), metadata JSON,
         last_seq INTEGER NOT NULL DEFAULT 0, state_version INTEGER NOT NULL DEFAULT 0,
         created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)""",
-    "CREATE INDEX ix_bench_sessions_user ON bench_sessions (user_id, updated_at, id)",
-    """CREATE TABLE bench_messages (
+    "CREATE INDEX IF NOT EXISTS ix_bench_sessions_user ON bench_sessions (user_id, updated_at, id)",
+    """CREATE TABLE IF NOT EXISTS bench_messages (
         id CHAR(32) PRIMARY KEY,
         session_id CHAR(32) NOT NULL REFERENCES bench_sessions (id) ON DELETE CASCADE,
         seq INTEGER NOT NULL, role VARCHAR(20) NOT NULL, content TEXT NOT NULL,
         metadata JSON NOT NULL, created_at DATETIME NOT NULL, UNIQUE (session_id, seq))""",
-    """CREATE TABLE bench_state (
+    """CREATE TABLE IF NOT EXISTS bench_state (
         id CHAR(32) PRIMARY KEY,
         session_id CHAR(32) NOT NULL REFERENCES bench_sessions (id) ON DELETE CASCADE,
         version INTEGER NOT NULL, state JSON NOT NULL, created_at DATETIME NOT NULL,
