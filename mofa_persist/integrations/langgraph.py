@@ -46,6 +46,7 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from .. import sql
 from ..errors import ConflictError, InvalidInputError
 from ..ids import uuid7
 from ..models import (
@@ -56,7 +57,15 @@ from ..models import (
     sessions_table,
 )
 from ..repository.external import _check_external_id
-from .langgraph_reads import MAX_CHANNELS, CheckpointRow, Part, checkpoint_sql, read_checkpoint
+from .langgraph_sql import (
+    MAX_CHANNELS,
+    CheckpointRow,
+    Part,
+    checkpoint_sql,
+    read_checkpoint,
+    sqlite_put,
+    thread_session_sql,
+)
 
 if TYPE_CHECKING:
     import uuid
@@ -360,7 +369,7 @@ class MofaSaver(BaseCheckpointSaver[str]):
     async def _lean_tuple(
         self, thread_id: str, ns: str, checkpoint_id: str | None
     ) -> CheckpointTuple | Literal[False] | None:
-        """:meth:`aget_tuple` in two driver-level statements (see langgraph_reads); ``False``
+        """:meth:`aget_tuple` in two driver-level statements (see langgraph_sql); ``False``
         when the checkpoint has too many channels for them."""
         store = self.store
         backend = store._backend
@@ -516,12 +525,51 @@ class MofaSaver(BaseCheckpointSaver[str]):
             "metadata": metadata_bytes,
         }
 
+        if self.store._backend.one_hop_writes and await self._sqlite_put(
+            thread_id, ns, blobs, row, now
+        ):
+            return _config(thread_id, ns, checkpoint_id)
         await self._write_thread(
             thread_id,
             lambda conn, sid: self._upsert(conn, sid, ns, blobs, row, now),
             "store a LangGraph checkpoint",
         )
         return _config(thread_id, ns, checkpoint_id)
+
+    async def _sqlite_put(
+        self,
+        thread_id: str,
+        ns: str,
+        blobs: dict[tuple[str, str], tuple[str, bytes | None]],
+        row: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """:meth:`aput` on SQLite in one hop (see langgraph_sql); ``False`` when the thread
+        has no session yet (its first write makes one on the SQLAlchemy path)."""
+        self._seen_loop()
+        store = self.store
+        lane = store._backend.lane
+        lookup = thread_session_sql(lane.style, store._scope_shape())
+        key_hash = store._key_hash(NAMESPACE, _check_external_id(thread_id))
+        at = lane.time_in(now)
+        blob_rows = [
+            (uuid7().hex, ns, channel, version, value_type, value, at)
+            for (channel, version), (value_type, value) in blobs.items()
+        ]
+        checkpoint = (uuid7().hex, *(row[name] for name in _CHECKPOINT_COLUMNS), at)
+
+        async def work(db: Any) -> bool:
+            return await sql.sqlite_in_thread(
+                db, sqlite_put, lookup, [key_hash, *store._scope_params()], blob_rows, checkpoint
+            )
+
+        return await store._run(
+            work,
+            write=True,
+            action="store a LangGraph checkpoint",
+            lean=True,
+            own_transaction=True,
+        )
 
     def _upserts(self) -> tuple[Any, Any]:
         """The two statements of :meth:`aput`, built once per saver (and per dialect): blobs

@@ -1,11 +1,14 @@
-"""Driver-level SQL for :meth:`MofaSaver.aget_tuple`, the call a graph makes on every step.
+"""Driver-level SQL for MofaSaver's two calls of every graph step: reading the thread's
+latest checkpoint and (on SQLite) storing the next one.
 
-Why: through SQLAlchemy the read cost five round trips (BEGIN, the checkpoint, its channel
-blobs, its pending writes, COMMIT) and on SQLite about ten hops to aiosqlite's thread, three
-times the official savers' time. Here it is two statements on the pooled driver connection:
-the checkpoint, then its blobs and pending writes together (``UNION ALL``); on SQLite both run
-in one hop, inside one read transaction. The second statement needs the channel versions
-stored inside the serialized checkpoint, so the two cannot be one.
+Why: through SQLAlchemy :meth:`~MofaSaver.aget_tuple` cost five round trips (BEGIN, the
+checkpoint, its channel blobs, its pending writes, COMMIT) and on SQLite about ten hops to
+aiosqlite's thread, three times the official savers' time. Here it is two statements on the
+pooled driver connection: the checkpoint, then its blobs and pending writes together
+(``UNION ALL``); on SQLite both run in one hop, inside one read transaction. The second needs
+the channel versions stored inside the serialized checkpoint, so the two cannot be one. On
+SQLite :meth:`~MofaSaver.aput` is likewise one hop: look-up, blobs and checkpoint in one
+transaction.
 """
 
 from __future__ import annotations
@@ -143,3 +146,64 @@ def _read_in_thread(
         return row, parts
     finally:
         conn.rollback()  # read only: nothing to keep
+
+
+@functools.cache
+def thread_session_sql(style: str, scoped: tuple[str, ...]) -> str:
+    """The session of a thread in the view; parameters: key hash, one per scoped column."""
+    mark = sql._Marks(style)
+    owner = " AND ".join([f"x.key_hash = {mark()}", *(f"s.{c} = {mark()}" for c in scoped)])
+    return (
+        "SELECT x.session_id FROM external_keys x JOIN sessions s ON s.id = x.session_id "
+        f"WHERE {owner}"
+    )
+
+
+#: A blob stored already stays as it is: one row per (channel, version).
+SQLITE_BLOB_INSERT = (
+    "INSERT INTO langgraph_blobs "
+    "(id, session_id, checkpoint_ns, channel, version, value_type, value, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (session_id, checkpoint_ns, channel, version) DO NOTHING"
+)
+_REPLACED = (
+    "checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, checkpoint_type, checkpoint, "
+    "metadata_type, metadata"
+)
+#: A checkpoint stored again gets the new columns.
+SQLITE_CHECKPOINT_UPSERT = (
+    f"INSERT INTO langgraph_checkpoints (id, session_id, {_REPLACED}, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _REPLACED.split(", "))
+)
+
+
+def sqlite_put(
+    conn: sqlite3.Connection,
+    lookup: str,
+    lookup_params: Sequence[Any],
+    blobs: Sequence[tuple[Any, ...]],
+    checkpoint: tuple[Any, ...],
+) -> bool:
+    """A checkpoint and its new blobs, in aiosqlite's thread, in one write transaction.
+
+    ``blobs`` and ``checkpoint`` are rows without their session id (the second column),
+    which comes from ``lookup``. Returns ``False``, having written nothing, when the thread
+    has no session yet.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = conn.execute(lookup, lookup_params).fetchone()
+        if found is None:
+            conn.rollback()
+            return False
+        sid = found[0]
+        if blobs:
+            conn.executemany(SQLITE_BLOB_INSERT, [(row[0], sid, *row[1:]) for row in blobs])
+        conn.execute(SQLITE_CHECKPOINT_UPSERT, (checkpoint[0], sid, *checkpoint[1:]))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return True
