@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections import Counter
@@ -55,6 +56,7 @@ class Call:
     finished: float = 0.0
     outcome: Outcome = "raw"
     error: str = ""
+    message: str = ""
 
 
 @dataclass
@@ -97,6 +99,7 @@ async def agent(store: mofa_persist.Store, sid: uuid.UUID, tag: str, work: Workl
                 "unknown" if getattr(error, "outcome_unknown", False) else "not_committed"
             )
             call.error = type(error).__name__
+            call.message = str(error)
         except Exception as error:  # a raw driver exception: the test fails on it below
             call.error = f"{type(error).__module__}.{type(error).__name__}: {error}"
         else:
@@ -121,6 +124,12 @@ async def read_back(store: mofa_persist.Store, sessions: list[uuid.UUID]) -> set
         assert state is not None and f"{state.state['turn']}-q" in contents, "a torn turn"
     assert len(set(contents)) == len(contents), "a message was stored twice"
     return set(contents)
+
+
+def reason(message: str) -> str:
+    """A failure in a few words: the driver's error per node tried, or the message's start."""
+    per_node = re.findall(r"127\.0\.0\.1:\d+: (\w+)", message)
+    return " / ".join(per_node) if per_node else message[:80]
 
 
 async def watch_promotion(node: PatroniNode, since: float) -> float:
@@ -192,6 +201,15 @@ async def test_node_loss_loses_no_acknowledged_write(ha_cluster: PatroniCluster)
     assert work.killed_at is not None and work.first_ack_after_kill is not None
     after = [c for c in by_outcome["acked"] if c.started > work.killed_at]
     errors = Counter(call.error for call in work.calls if call.outcome != "acked")
+    reasons = Counter(reason(call.message) for call in work.calls if call.outcome != "acked")
+    # Why calls still failed once Patroni had promoted the standby (normally a few that
+    # raced the promotion): the first reasons, node addresses and database masked.
+    promoted_at = kill_started + promoted_s
+    late = Counter(
+        reason(call.message)
+        for call in work.calls
+        if call.outcome != "acked" and call.started > promoted_at
+    )
     record(
         "automatic failover (Patroni + etcd, synchronous standby; primary node SIGKILLed)",
         agents=len(agents),
@@ -205,11 +223,15 @@ async def test_node_loss_loses_no_acknowledged_write(ha_cluster: PatroniCluster)
         outcome_unknown_stored=len(from_unknown),
         raw_errors=len(raw),
         error_types=dict(errors),
+        reasons=dict(reasons.most_common(4)),
         stored_calls=stored_calls,
         stored_messages=len(stored),
         kill_to_promotion_s=round(promoted_s, 2),
         kill_to_first_write_s=round(work.first_ack_after_kill - kill_started, 2),
         acked_after_failover=len(after),
+        slowest_call_s=round(max(call.finished - call.started for call in work.calls), 2),
+        failed_after_promotion=sum(late.values()),
+        reasons_after_promotion=dict(late.most_common(3)),
     )
     with contextlib.suppress(Exception):
         await admin(standby.url("postgres"), [f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'])
