@@ -266,7 +266,10 @@ async def _attempt_lean(
     """One try of :func:`run` on the driver connection ``db`` (checked out as ``pooled``)."""
     lane = backend.lane
     # Work that commits by itself may fail mid-COMMIT: never retry a dropped connection.
-    progress.committing = write and not transactional
+    # Except on SQLite: its one-hop write rolls back in its thread on any failure
+    # (sql.sqlite_write) and a local file loses no acknowledgement, so a failure there
+    # leaves nothing behind (and one refused member of a group must not look uncertain).
+    progress.committing = write and not transactional and not backend.is_sqlite
     try:
         if transactional:
             await lane.begin(db, write)

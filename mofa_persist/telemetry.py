@@ -49,6 +49,7 @@ _tracer: Any = None
 _duration: Any = None
 _retries: Any = None
 _conflicts: Any = None
+_group_sizes: Any = None
 #: Per backend, per action: the attributes of its spans and measurements (built once).
 _ATTRIBUTES: weakref.WeakKeyDictionary[_Backend, dict[str, dict[str, Any]]] = (
     weakref.WeakKeyDictionary()
@@ -57,7 +58,7 @@ _ATTRIBUTES: weakref.WeakKeyDictionary[_Backend, dict[str, dict[str, Any]]] = (
 
 def _setup() -> None:
     """Create the tracer and instruments (proxies until the application sets providers)."""
-    global _tracer, _duration, _retries, _conflicts
+    global _tracer, _duration, _retries, _conflicts, _group_sizes
     if _trace is None or _metrics is None:
         return
     version = _version()
@@ -93,6 +94,12 @@ def _setup() -> None:
         "mofa_persist.conflicts",
         unit="{conflict}",
         description="Store operations that ended in ConflictError.",
+    )
+    _group_sizes = meter.create_histogram(
+        "mofa_persist.group_commit.size",
+        unit="{call}",
+        description="Appends to one session written by one transaction (see grouping).",
+        explicit_bucket_boundaries_advisory=[1, 2, 4, 8, 16, 32, 64, 128, 256],
     )
     meter.create_observable_up_down_counter(
         "db.client.connection.count",
@@ -191,6 +198,22 @@ def retried(backend: _Backend, action: str, attempt: int, reason: str, lost: boo
     }
     _trace.get_current_span().add_event("retry", details)
     _retries.add(1, {**_attributes(backend, action), "mofa_persist.retry.reason": reason})
+
+
+def grouped(backend: _Backend, calls: int) -> None:
+    """One transaction wrote the messages of ``calls`` append calls to one session (1: alone)."""
+    if _tracer is None or _unconfigured():
+        return
+    _group_sizes.record(calls, _backend_attributes(backend))
+
+
+def _backend_attributes(backend: _Backend) -> dict[str, Any]:
+    """:func:`_attributes` without the operation: what identifies the database."""
+    return {
+        name: value
+        for name, value in _attributes(backend, "").items()
+        if name != "db.operation.name"
+    }
 
 
 def _pool_usage(_options: Any) -> Iterable[Any]:

@@ -379,3 +379,26 @@ async def test_concurrent_operations_get_separate_spans(
     assert len(spans) == 8
     assert len({span.context.span_id for span in spans}) == 8
     assert all(span.parent is None for span in spans)
+
+
+async def test_group_commit_batch_sizes(store: mofa_persist.Store, recorded: Recorded) -> None:
+    session = await store.create_session()
+
+    def sizes() -> tuple[int, float]:
+        points = [
+            point
+            for point in recorded.points("mofa_persist.group_commit.size")
+            if point.attributes.get("db.namespace") == store.url.database
+        ]
+        assert all("db.operation.name" not in point.attributes for point in points)
+        return sum(point.count for point in points), sum(point.sum for point in points)
+
+    writes_before, calls_before = sizes()
+    await asyncio.gather(*(store.append_message(session.id, "user", f"g{i}") for i in range(8)))
+    writes, calls = sizes()
+    assert calls - calls_before == 8  # every call is in exactly one recorded write
+    assert 1 < writes - writes_before < 8  # the first alone, the rest in fewer transactions
+    spans = recorded.finished()
+    assert len([span for span in spans if span.name == "append a message"]) == 8
+    groups = [span for span in spans if span.name == "append a group of messages"]
+    assert groups and all(span.parent is None for span in groups)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import and_, exists, select
 
-from .. import runner, telemetry, writes
+from .. import grouping, runner, telemetry, writes
 from ..backend import ReplicaStatus as ReplicaStatus
 from ..backend import Scope as Scope
 from ..backend import _Backend as _Backend
@@ -103,6 +103,22 @@ class StoreCore:
 
         await self._run(work, write=False, action="read a session", one_read=True, lean=True)
 
+    async def _append(
+        self, sid: uuid.UUID, items: Sequence[_NewMessage], action: str
+    ) -> list[Message]:
+        """Messages only, no key, state or version check: shares a transaction with
+        concurrent appends to the session when one is in flight (see :mod:`..grouping`)."""
+        return await grouping.append(
+            self._backend, self._scope, sid, items, action, self._write_messages
+        )
+
+    async def _write_messages(
+        self, sid: uuid.UUID, items: Sequence[_NewMessage], action: str, span: bool
+    ) -> list[Message]:
+        """The plain write :func:`grouping.append` runs for one call or for a group."""
+        stored, _ = await self._write_turn(sid, items, None, None, action, span=span)
+        return stored
+
     async def _write_turn(
         self,
         sid: uuid.UUID,
@@ -112,8 +128,13 @@ class StoreCore:
         action: str,
         idempotency_key: str | None = None,
         operation: str = "",
+        *,
+        span: bool = True,
     ) -> tuple[list[Message], AgentState | None]:
-        """Bump the session's counters (taking its row lock), then insert rows: one transaction."""
+        """Bump the session's counters (taking its row lock), then insert rows: one transaction.
+
+        ``span=False``: the caller's span already covers this write (see :mod:`..grouping`).
+        """
         backend, scope = self._backend, self._scope
         if idempotency_key is not None:
             payload = {
@@ -136,6 +157,7 @@ class StoreCore:
                 action=action,
                 lean=True,
                 own_transaction=backend.one_hop_writes,
+                span=span,
             )
         return await self._run(
             functools.partial(
@@ -143,6 +165,7 @@ class StoreCore:
             ),
             write=True,
             action=action,
+            span=span,
         )
 
     async def _keyed_write(
@@ -211,27 +234,28 @@ class StoreCore:
         lean: bool = False,
         own_transaction: bool = False,
         stale_ok: bool = False,
+        span: bool = True,
     ) -> T:
         """Run ``work`` in one transaction, retrying where that is known to be safe.
 
         See :func:`mofa_persist.runner.run`; ``stale_ok`` reads may go to a read replica.
-        Each call is one OpenTelemetry span named ``action`` (see :mod:`..telemetry`).
+        Each call is one OpenTelemetry span named ``action`` (see :mod:`..telemetry`), unless
+        ``span`` is false.
         """
-        return await telemetry.observe(
+        call = runner.run(
             self._backend,
-            action,
-            runner.run(
-                self._backend,
-                self,
-                work,
-                write=write,
-                action=action,
-                one_read=one_read,
-                lean=lean,
-                own_transaction=own_transaction,
-                stale_ok=stale_ok and self._stale_reads,
-            ),
+            self,
+            work,
+            write=write,
+            action=action,
+            one_read=one_read,
+            lean=lean,
+            own_transaction=own_transaction,
+            stale_ok=stale_ok and self._stale_reads,
         )
+        if not span:
+            return await call
+        return await telemetry.observe(self._backend, action, call)
 
     def _check_items(self, items: Iterable[Mapping[str, Any]]) -> list[_NewMessage]:
         if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):

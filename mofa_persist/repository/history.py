@@ -49,6 +49,8 @@ class HistoryApi(StoreCore):
             check_role(role), check_text("content", content), self._encode("metadata", metadata)
         )
         key = idempotency.check_key(idempotency_key)
+        if key is None:
+            return (await self._append(sid, [item], "append a message"))[0]
         messages, _ = await self._write_turn(
             sid, [item], None, None, "append a message", key, "append_message"
         )
@@ -68,6 +70,8 @@ class HistoryApi(StoreCore):
         if not checked:
             await self._ensure_session(sid)
             return []
+        if key is None:
+            return await self._append(sid, checked, "append messages")
         messages, _ = await self._write_turn(
             sid, checked, None, None, "append messages", key, "append_messages"
         )
@@ -156,6 +160,8 @@ class HistoryApi(StoreCore):
         if not checked and encoded is None:
             raise InvalidInputError("a turn needs at least one message or a state")
         key = idempotency.check_key(idempotency_key)
+        if key is None and encoded is None:
+            return Turn(await self._append(sid, checked, "record a turn"), None)
         stored, saved = await self._write_turn(
             sid, checked, encoded, expected, "record a turn", key, "record_turn"
         )
