@@ -169,6 +169,46 @@ async def test_pages_cover_every_hit_once(store: Store, tenant: uuid.UUID) -> No
     assert sorted(seen) == list(range(1, 24))
 
 
+async def test_many_matches_page_in_rank_order_whichever_view_holds_the_best(
+    store: Store, tenant: uuid.UUID
+) -> None:
+    """More matches than one batch, most of them (and the best ranked) in another view: every
+    view and session pages through exactly its own hits, best rank first (SQLite ranks a
+    window of the best matches first and must fall back when the window is someone else's)."""
+    view = store.scoped(tenant_id=tenant)
+    other = store.scoped(tenant_id=uuid.uuid4())
+    mine = await view.create_session()
+    theirs = await other.create_session()
+
+    def texts(count: int, low: int) -> list[dict[str, str]]:
+        return [
+            {
+                "role": "user",
+                "content": f"{'tamarind ' * (low + index % 4)}{'pulp ' * (index % 5)}no {index}",
+            }
+            for index in range(count)
+        ]
+
+    await view.append_messages(mine.id, texts(130, 1))
+    await other.append_messages(theirs.id, texts(300, 5))
+
+    async def pages(reader: Store, **filters: object) -> list[MessageHit]:
+        hits = await _all_hits(reader, "tamarind", **filters)
+        ranks = [hit.rank for hit in hits]
+        assert ranks == sorted(ranks, reverse=True)
+        return hits
+
+    for reader, filters, session, count in (
+        (view, {}, mine, 130),
+        (other, {}, theirs, 300),
+        (store, {"session_id": mine.id}, mine, 130),
+        (store, {"session_id": theirs.id}, theirs, 300),
+    ):
+        hits = await pages(reader, **filters)
+        assert sorted(hit.message.seq for hit in hits) == list(range(1, count + 1))
+        assert {hit.session_id for hit in hits} == {session.id}
+
+
 async def test_filters_by_session_role_and_time(store: Store, tenant: uuid.UUID) -> None:
     view = store.scoped(tenant_id=tenant)
     first = await view.create_session()

@@ -151,12 +151,30 @@ class SearchApi(StoreCore):
             hits: list[tuple[MessageHit, str]] = []
             position = after
             size_of_batch = batch
+            expression = sqlite_match(parsed) if kind in ("sqlite", "memory") else None
+            windowed = False
+            if expression is not None:
+                # A rank window only pays when many match; the count stops at one batch.
+                found = text(
+                    "SELECT count(*) FROM (SELECT 1 FROM messages_search"
+                    " WHERE messages_search MATCH :fts_query LIMIT :fts_window)"
+                ).bindparams(fts_query=expression, fts_window=batch)
+                windowed = int((await conn.execute(found)).scalar_one()) >= batch
             while len(hits) <= size:
                 stmt = _candidates(
-                    kind, parsed, ready, filters, position, size_of_batch, scoped=scoped
+                    kind,
+                    parsed,
+                    ready,
+                    filters,
+                    position,
+                    size_of_batch,
+                    scoped=scoped,
+                    windowed=windowed,
                 )
                 rows = (await conn.execute(stmt)).all()
+                cut = windowed and not rows
                 for row in rows:
+                    cut = windowed and row.window_floor is not None
                     rank_text = _rank_text(row.rank)
                     position = (rank_text, row.created_at, row.id)
                     if parsed.matches(row.content):
@@ -164,7 +182,12 @@ class SearchApi(StoreCore):
                         if len(hits) > size:
                             break
                 if len(rows) < size_of_batch:
-                    break
+                    if not cut:
+                        break
+                    # The rank window ended before the page did (filters or the cursor
+                    # passed over most of it): the rest comes from every match.
+                    windowed = False
+                    continue
                 # Few candidates pass (a word the index cannot narrow): fetch more per trip.
                 size_of_batch = min(size_of_batch * 4, MAX_BATCH)
             next_cursor = None
@@ -235,32 +258,26 @@ def _candidates(
     batch: int,
     *,
     scoped: bool = True,
+    windowed: bool = False,
 ) -> Any:
     """One keyset batch of candidate messages, ordered by (rank, created_at, id) descending."""
     where: list[Any] = list(filters)
     # The sessions are joined for every match only when a filter needs them (a scoped view).
     source: Any = m_t.join(s_t, s_t.c.id == m_t.c.session_id) if scoped else m_t
     rank: Any
+    floor: Any = cast(literal(None), Float)
     long_branch: list[Any] = []
     if kind in ("sqlite", "memory"):
         expression = sqlite_match(query)
         if expression is not None:
-            # bm25 of every match is computed inside FTS5, before any join: ranking in the
-            # joined rows evaluated it once more per row (common word, 100k: 676 -> 285 ms).
-            ranked = (
-                select(
-                    _fts.c.rowid.label("rowid"),
-                    cast(-func.bm25(literal_column("messages_search")), Float).label("rank"),
-                )
-                .where(text("messages_search MATCH :fts_query").bindparams(fts_query=expression))
-                .subquery("ranked")
-            )
+            ranked = _fts_ranked(expression, after, batch if windowed else None)
             source = ranked.join(_fts_map, _fts_map.c.id == ranked.c.rowid).join(
                 m_t, m_t.c.id == _fts_map.c.message_id
             )
             if scoped:
                 source = source.join(s_t, s_t.c.id == m_t.c.session_id)
             rank = ranked.c.rank
+            floor = ranked.c.window_floor
         else:
             rank = cast(literal(0.0), Float)
     elif kind == "postgresql":
@@ -288,7 +305,7 @@ def _candidates(
                 content = m_t.c.content.collate("utf8mb4_general_ci")
                 where.append(content.like(literal(pattern), escape="\\"))
             rank = cast(literal(0), Numeric(65, 30))
-    keys = (m_t.c.id, m_t.c.created_at, rank.label("rank"))
+    keys = (m_t.c.id, m_t.c.created_at, rank.label("rank"), floor.label("window_floor"))
     matched = select(*keys).select_from(source).where(*where)
     if long_branch:
         longer = select(*keys).select_from(source).where(*filters, *long_branch)
@@ -328,9 +345,51 @@ def _candidates(
             m_t.c.created_at,
             s_t.c.title.label("session_title"),
             top.c.rank,
+            top.c.window_floor,
         )
         .select_from(top.join(m_t, m_t.c.id == top.c.id).join(s_t, s_t.c.id == m_t.c.session_id))
         .order_by(top.c.rank.desc(), top.c.created_at.desc(), top.c.id.desc())
+    )
+
+
+def _fts_ranked(
+    expression: str, after: tuple[str, datetime, uuid.UUID] | None, window: int | None
+) -> Any:
+    """FTS5 matches with their rank (``-bm25``, higher is better), computed inside FTS5.
+
+    With ``window``, only matches ranked at least as high as the ``window``-th best (below
+    the cursor's rank) are returned, and ``window_floor`` is that rank (NULL when fewer
+    match): the joins and the sort then see a few rows instead of every match of a common
+    word. Ties at the floor are all kept, so the rows returned are exactly the head of the
+    full ordering.
+    """
+    below = "" if after is None else " AND -bm25(messages_search) <= :fts_last"
+    if window is None:
+        sql = (
+            "SELECT rowid, -bm25(messages_search) AS rank, NULL AS window_floor"
+            " FROM messages_search WHERE messages_search MATCH :fts_query"
+        )
+    else:
+        sql = (
+            "SELECT messages_search.rowid AS rowid, -bm25(messages_search) AS rank,"
+            " w.floor AS window_floor"
+            " FROM messages_search, (SELECT CASE WHEN count(*) < :fts_window THEN NULL"
+            " ELSE min(r) END AS floor FROM (SELECT -bm25(messages_search) AS r"
+            " FROM messages_search WHERE messages_search MATCH :fts_query" + below + ""
+            " ORDER BY bm25(messages_search) LIMIT :fts_window)) AS w"
+            " WHERE messages_search MATCH :fts_query"
+            " AND (w.floor IS NULL OR -bm25(messages_search) >= w.floor)"
+        )
+    params: dict[str, Any] = {"fts_query": expression}
+    if window is not None:
+        params["fts_window"] = window
+    if after is not None and window is not None:
+        params["fts_last"] = float(after[0])
+    return (
+        text(sql)
+        .bindparams(**params)
+        .columns(column("rowid"), column("rank", Float), column("window_floor", Float))
+        .subquery("ranked")
     )
 
 
