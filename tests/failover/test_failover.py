@@ -129,7 +129,7 @@ async def read_back(store: mofa_persist.Store, sessions: list[uuid.UUID]) -> set
 def reason(message: str) -> str:
     """A failure in a few words: the driver's error per node tried, or the message's start."""
     per_node = re.findall(r"127\.0\.0\.1:\d+: (\w+)", message)
-    return " / ".join(per_node) if per_node else message[:80]
+    return " / ".join(per_node) if per_node else message.split("): ", 1)[-1][:80]
 
 
 async def watch_promotion(node: PatroniNode, since: float) -> float:
