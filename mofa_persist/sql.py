@@ -11,8 +11,12 @@ them) and how rows become records, with the same Python types SQLAlchemy returns
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
+import json.decoder
+import json.scanner
 import uuid
 import weakref
 from datetime import UTC, datetime
@@ -45,6 +49,68 @@ _INSERT_STATE = (
 _new_object = object.__new__
 _set_slot = object.__setattr__
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _slot_setters(record: type, names: str) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot setters of a frozen record, in the order ``names`` lists its fields (all)."""
+    fields = names.split(", ")
+    if sorted(fields) != sorted(field.name for field in dataclasses.fields(record)):
+        raise RuntimeError(f"{record.__name__}'s fields changed: update mofa_persist.sql")
+    return tuple(vars(record)[name].__set__ for name in fields)
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__; setting the slots
+# directly builds the same record in half the time (a read builds one per row).
+_MESSAGE_SLOTS = _slot_setters(Message, MESSAGE_COLUMNS)
+_SESSION_SLOTS = _slot_setters(Session, SESSION_COLUMNS)
+
+
+def message_record(
+    id: Any, session_id: Any, seq: Any, role: Any, content: Any, metadata: Any, created_at: Any
+) -> Message:
+    """``Message(...)``, positional in field order, without the frozen dataclass __init__."""
+    s0, s1, s2, s3, s4, s5, s6 = _MESSAGE_SLOTS
+    record: Message = _new_object(Message)
+    s0(record, id)
+    s1(record, session_id)
+    s2(record, seq)
+    s3(record, role)
+    s4(record, content)
+    s5(record, metadata)
+    s6(record, created_at)
+    return record
+
+
+def session_record(
+    id: Any,
+    user_id: Any,
+    tenant_id: Any,
+    agent_id: Any,
+    title: Any,
+    metadata: Any,
+    created_at: Any,
+    updated_at: Any,
+    last_seq: Any,
+    state_version: Any,
+    parent_session_id: Any,
+    forked_at_seq: Any,
+) -> Session:
+    """``Session(...)``, every field positional in order, without the frozen __init__."""
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = _SESSION_SLOTS
+    record: Session = _new_object(Session)
+    s0(record, id)
+    s1(record, user_id)
+    s2(record, tenant_id)
+    s3(record, agent_id)
+    s4(record, title)
+    s5(record, metadata)
+    s6(record, created_at)
+    s7(record, updated_at)
+    s8(record, last_seq)
+    s9(record, state_version)
+    s10(record, parent_session_id)
+    s11(record, forked_at_seq)
+    return record
 
 
 def uuid_from_hex(text: str) -> uuid.UUID:
@@ -334,8 +400,9 @@ class Lane:
                 found = owners[value] = uuid_out(value)
             return found  # type: ignore[return-value]
 
+        build = session_record
         return [
-            Session(
+            build(
                 uuid_out(r[0]),
                 owner(r[1]),
                 owner(r[2]),
@@ -357,9 +424,9 @@ class Lane:
             return []
         # One session per read: convert its id once.
         sid = self.uuid_out(rows[0][1])
-        uuid_out, time_out = self.uuid_out, self.time_out
+        uuid_out, time_out, build = self.uuid_out, self.time_out, message_record
         return [
-            Message(uuid_out(r[0]), sid, r[2], r[3], r[4], document(r[5]), time_out(r[6]))
+            build(uuid_out(r[0]), sid, r[2], r[3], r[4], document(r[5]), time_out(r[6]))
             for r in rows
         ]
 
@@ -367,6 +434,11 @@ class Lane:
     async def fetch(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
         rows: Sequence[Sequence[Any]] = await db.execute_fetchall(sql, params)
         return rows
+
+    async def read(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """A lone SELECT outside any transaction (work run with ``own_transaction``), which
+        ends whatever transaction it opened; on SQLite and PostgreSQL it runs in autocommit."""
+        return await self.fetch(db, sql, params)
 
     async def execute(self, db: Any, sql: str, params: Sequence[Any]) -> int:
         """Run a statement; returns MySQL's lastrowid where that carries data, else 0."""
@@ -390,6 +462,9 @@ class Lane:
 
     async def rollback(self, db: Any) -> None:
         await db.rollback()
+
+
+_THEN_COMMIT = "; COMMIT"
 
 
 class MySqlLane(Lane):
@@ -427,6 +502,21 @@ class MySqlLane(Lane):
             await cursor.execute(sql, params)
             rows: Sequence[Sequence[Any]] = await cursor.fetchall()
             return rows
+
+    async def read(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """The SELECT with its COMMIT in the same round trip (aiomysql always allows several
+        statements): not in autocommit mode, a SELECT opens a transaction that holds the
+        table's metadata lock until it ends, and a separate COMMIT would be a second trip."""
+        async with db.cursor() as cursor:
+            try:
+                await cursor.execute(sql + _THEN_COMMIT, params)
+            except Exception:
+                # The COMMIT did not run: end the transaction here, if the connection can.
+                with contextlib.suppress(Exception):
+                    await db.rollback()
+                raise
+            rows: Sequence[Sequence[Any]] = await cursor.fetchall()
+        return rows  # leaving the cursor read the COMMIT's answer
 
     async def execute(self, db: Any, sql: str, params: Sequence[Any]) -> int:
         async with db.cursor() as cursor:
@@ -484,7 +574,8 @@ class PgLane(Lane):
         return value  # type: ignore[no-any-return]  # asyncpg's UUID, as SQLAlchemy returns it
 
     def time_out(self, value: Any) -> datetime:
-        result: datetime = value.astimezone(UTC)
+        # asyncpg returns timestamptz in UTC already: no new object then.
+        result: datetime = value if value.tzinfo is UTC else value.astimezone(UTC)
         return result
 
     async def fetch(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
@@ -569,13 +660,26 @@ def sqlite_write(
     return last_seq, version
 
 
+#: The scanner json.loads ends in, called directly: json.loads first runs two regular
+#: expressions (leading and trailing whitespace) and two Python frames, most of its cost on
+#: a small document. Same values: it is the same parser.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.decoder.JSONDecoder()  # type: ignore[arg-type]  # typeshed names the wrong type
+)
+
+
 def document(value: Any) -> dict[str, Any]:
     """:func:`~mofa_persist.validate.decode_document` with a fast path for JSON text."""
+    if type(value) is dict:
+        return value  # decoded for this row by the driver's codec (asyncpg): private already
     if type(value) is str:
         if value == "{}":  # the common empty document
             return {}
-        loaded = json.loads(value)
-        if type(loaded) is dict:
+        try:
+            loaded, end = _scan_json(value, 0)
+        except (StopIteration, ValueError):
+            loaded = end = None  # leading whitespace or malformed: json.loads decides below
+        if end == len(value) and type(loaded) is dict:
             return loaded
     return decode_document(value)
 

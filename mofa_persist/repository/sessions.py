@@ -99,12 +99,15 @@ class SessionsApi(StoreCore):
         params = [lane.uuid_in(sid), *self._scope_params()]
 
         async def work(db: Any) -> Session:
-            rows = await lane.fetch(db, text, params)
+            rows = await lane.read(db, text, params)
             if not rows:
                 raise self._not_found(sid)
             return lane.sessions(rows)[0]
 
-        return await self._run(work, write=False, action="read a session", one_read=True, lean=True)
+        # One SELECT that ends its own transaction (see sql.Lane.read): no BEGIN or COMMIT.
+        return await self._run(
+            work, write=False, action="read a session", lean=True, own_transaction=True
+        )
 
     async def update_session(
         self,
@@ -199,7 +202,7 @@ class SessionsApi(StoreCore):
         text = sql.list_sessions_sql(lane.style, tuple(columns), cursor is not None)
 
         async def work(db: Any) -> Page[Session]:
-            rows = await lane.fetch(db, text, params)
+            rows = await lane.read(db, text, params)
             items = lane.sessions(rows[:page_size])
             next_cursor = None
             if len(rows) > page_size:
@@ -208,7 +211,12 @@ class SessionsApi(StoreCore):
             return Page(items, next_cursor)
 
         return await self._run(
-            work, write=False, action="list sessions", one_read=True, lean=True, stale_ok=True
+            work,
+            write=False,
+            action="list sessions",
+            lean=True,
+            own_transaction=True,  # one SELECT that ends its own transaction (sql.Lane.read)
+            stale_ok=True,
         )
 
     async def fork_session(
