@@ -115,16 +115,23 @@ class HistoryApi(StoreCore):
         params += [bound for bound in (before, after, count) if bound is not None]
 
         async def work(db: Any) -> list[Message]:
-            rows = await lane.fetch(db, text, params)
+            rows = await lane.read(db, text, params)
             if not rows:
-                await self._lean_require_session(db, sid)
+                # No rows: an empty session, or none in this view? Also ends what it opened.
+                shape = self._scope_shape()
+                exists = sql.session_exists_sql(lane.style, shape)
+                if not await lane.read(db, exists, [params[0], *self._scope_params()]):
+                    raise self._not_found(sid)
                 return []
             messages = lane.messages(rows)
             if newest_first:
                 messages.reverse()
             return messages
 
-        return await self._run(work, write=False, action="read messages", one_read=True, lean=True)
+        # SELECTs that end their own transaction (see sql.Lane.read): no BEGIN or COMMIT.
+        return await self._run(
+            work, write=False, action="read messages", lean=True, own_transaction=True
+        )
 
     async def count_messages(self, session_id: uuid.UUID | str) -> int:
         sid = require_uuid("session_id", session_id)
