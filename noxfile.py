@@ -1,7 +1,9 @@
 """Test matrix for mofa-persist. Plain `nox` runs the sessions in `nox.options.sessions`:
 tests (each backend), integrations, migrations, reliability, scaleout, failover, bench_smoke,
 lint and typecheck. Run on request only: `soak` (longer reliability runs), `bench` (the full
-benchmarks) and `pgbouncer` (the suite through a private PgBouncer; about 4.5 minutes).
+benchmarks), `bench-peers` (the framework stores beside the library), `bench_scale` (1M
+messages and sessions) and `pgbouncer` (the suite through a private PgBouncer; about 4.5
+minutes).
 
 Each dialect gets its own session so a failure names its backend. Server URLs default to the
 local services (PostgreSQL on 5432, MariaDB on 3306) and can be overridden with
@@ -254,3 +256,18 @@ def bench_smoke(session: nox.Session) -> None:
     """The benchmark suite at a tiny scale: proves it runs; no timing is judged."""
     _install(session, "bench")
     session.run("python", "-m", "bench", "--scale", "0.01", "--smoke", *session.posargs, env=_env())
+
+
+@nox.session(name="bench-peers")
+def bench_peers(session: nox.Session) -> None:
+    """The framework session stores (OpenAI Agents, ADK, LangChain, LangGraph) and this
+    library's adapters, same workloads, one run (`nox -s bench-peers -- --scale 0.1`)."""
+    _install(session, "bench-peers")
+    session.run("python", "-m", "bench.peers", *session.posargs, env=_env())
+
+
+@nox.session
+def bench_scale(session: nox.Session) -> None:
+    """W3 at 1M messages, W4 at 1M sessions, export peak at 1M (about 25 minutes on 2 cores)."""
+    _install(session, "bench")
+    session.run("python", "-m", "bench.scale", *session.posargs, env=_env())
