@@ -50,8 +50,10 @@ if TYPE_CHECKING:
     #: ``items``; ``span`` says whether it reports a span of its own named ``action``.
     Write = Callable[[uuid.UUID, Sequence[_NewMessage], str, bool], Awaitable[list[Message]]]
 
-#: At most this many calls share one transaction; the rest form the next group.
+#: A group takes queued calls until it has this many calls or messages (at least one call);
+#: the rest form the next group, so one transaction stays of a bounded size.
 MAX_GROUP = 256
+MAX_GROUP_MESSAGES = 2000
 #: The span (and duration metric) of a group's transaction; each caller keeps its own span.
 GROUP_ACTION = "append a group of messages"
 
@@ -149,14 +151,26 @@ async def _drain(
                 await asyncio.sleep(0)
                 if not _live(queue.members):
                     break
-            batch = [member for member in queue.members if not member.future.done()]
-            batch, rest = batch[:MAX_GROUP], batch[MAX_GROUP:]
-            queue.members = rest
+            batch, queue.members = _take(queue.members)
             await _write_group(backend, key[0], batch, write)
     finally:
         del groups.busy[key]
         for member in queue.members:  # only if this task itself was cancelled
             member.future.cancel()
+
+
+def _take(members: list[_Member]) -> tuple[list[_Member], list[_Member]]:
+    """The next group from the front of the queue, and what stays queued."""
+    batch: list[_Member] = []
+    messages = 0
+    for index, member in enumerate(members):
+        if member.future.done():  # cancelled while queued
+            continue
+        if batch and (len(batch) == MAX_GROUP or messages + len(member.items) > MAX_GROUP_MESSAGES):
+            return batch, members[index:]
+        batch.append(member)
+        messages += len(member.items)
+    return batch, []
 
 
 async def _write_group(

@@ -16,7 +16,7 @@ import pytest
 from conftest import create_database, drop_database
 
 import mofa_persist
-from mofa_persist import BackendError, Message, NotFoundError, PersistenceError, Store
+from mofa_persist import BackendError, Message, NotFoundError, PersistenceError, Store, grouping
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -231,3 +231,22 @@ async def test_a_refused_member_among_many_appends(refusing_store: Store) -> Non
     history = await store.get_messages(session.id)
     assert len(history) == 12 * 6 - 1
     _check_history(history, returned)
+
+
+async def test_a_large_queue_is_written_in_bounded_groups(store: Store) -> None:
+    session = await store.create_session()
+    size = grouping.MAX_GROUP_MESSAGES * 3 // 10  # three calls fit in a group, four do not
+
+    def batch(number: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"b{number}-{index}"} for index in range(size)]
+
+    outcomes = await asyncio.gather(
+        *(store.append_messages(session.id, batch(number)) for number in range(6))
+    )
+    history = await store.get_messages(session.id)
+    _check_history(history, {str(number): got for number, got in enumerate(outcomes)})
+    assert [message.content for message in history] == [
+        f"b{number}-{index}" for number in range(6) for index in range(size)
+    ]
+    # The first call alone, then calls 1-3 and calls 4-5.
+    assert len({message.created_at for message in history}) == 3
