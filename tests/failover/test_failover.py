@@ -24,13 +24,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+import pytest
 from figures import record
-from rootconf import admin
+from rootconf import admin, selected_backends
 
 import mofa_persist
 
 if TYPE_CHECKING:
     from patroni_cluster import PatroniCluster, PatroniNode
+
+pytestmark = pytest.mark.skipif(
+    "postgresql" not in selected_backends(), reason="PostgreSQL is not among MOFA_TEST_BACKENDS"
+)
 
 SESSIONS = 4
 WRITERS_PER_SESSION = 2
