@@ -702,24 +702,23 @@ class MofaSessionService(BaseSessionService):
             stored = await self._find(conn, app, user, ident)
             if stored is None:
                 raise SessionNotFoundError(f"Session {ident} not found.")
-            bump = update(s_t).where(s_t.c.id == stored.sid)
+            # The session's row lock, held until commit: appends to one session queue here.
+            # A locking read, then the update: MariaDB's conditional UPDATE under READ
+            # COMMITTED can skip a row another writer holds and report 0 rows, which would
+            # be a false StaleSessionError; a locking read waits instead.
+            locked = select(s_t.c.last_seq).where(s_t.c.id == stored.sid).with_for_update()
+            last_seq = int((await conn.execute(locked)).scalar_one())
             wanted = expected
             if check_last_event:
                 wanted = await self._seq_of_event(conn, stored.sid, last_event_id)
-            if wanted is not None:
-                bump = bump.where(s_t.c.last_seq == wanted)
-            # Takes the session's row lock until commit: appends to one session queue here.
-            result = await conn.execute(bump.values(last_seq=s_t.c.last_seq + 1, updated_at=now))
-            if result.rowcount != 1:
+            if wanted is not None and wanted != last_seq:
                 raise StaleSessionError(
                     "The session has been modified in storage since it was loaded. "
                     "Please reload the session before appending more events."
                 )
-            seq = int(
-                (
-                    await conn.execute(select(s_t.c.last_seq).where(s_t.c.id == stored.sid))
-                ).scalar_one()
-            )
+            seq = last_seq + 1
+            bump = update(s_t).where(s_t.c.id == stored.sid)
+            await conn.execute(bump.values(last_seq=seq, updated_at=now))
             await conn.execute(
                 insert(m_t),
                 {
