@@ -26,6 +26,7 @@ from mofa_persist import (
 )
 from mofa_persist.agent.agent import RECALL_TOOL
 from mofa_persist.cli import app
+from mofa_persist.repository import search as search_module
 from mofa_persist.searching import parse_query
 
 if TYPE_CHECKING:
@@ -170,11 +171,12 @@ async def test_pages_cover_every_hit_once(store: Store, tenant: uuid.UUID) -> No
 
 
 async def test_many_matches_page_in_rank_order_whichever_view_holds_the_best(
-    store: Store, tenant: uuid.UUID
+    store: Store, tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """More matches than one batch, most of them (and the best ranked) in another view: every
     view and session pages through exactly its own hits, best rank first (SQLite ranks a
     window of the best matches first and must fall back when the window is someone else's)."""
+    monkeypatch.setattr(search_module, "WINDOW_FROM", 50)  # the window from 50 matches on
     view = store.scoped(tenant_id=tenant)
     other = store.scoped(tenant_id=uuid.uuid4())
     mine = await view.create_session()
