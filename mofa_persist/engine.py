@@ -18,7 +18,8 @@ from sqlalchemy import event, exc, pool
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .errors import InvalidInputError
-from .validate import decode_document, serialize_for_engine
+from .sql import document
+from .validate import serialize_for_engine
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -68,7 +69,9 @@ def create_engine(
     """
     options: dict[str, Any] = {
         "json_serializer": serialize_for_engine,
-        "json_deserializer": decode_document,
+        # decode_document's values, read by the C scanner directly (sql.document): on
+        # PostgreSQL asyncpg decodes every JSON value of a row with it, lean reads included.
+        "json_deserializer": document,
     }
     if url.kind == "postgresql":
         options["connect_args"] = {

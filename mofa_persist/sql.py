@@ -11,6 +11,7 @@ them) and how rows become records, with the same Python types SQLAlchemy returns
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -20,6 +21,7 @@ import json.scanner
 import uuid
 import weakref
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import InvalidInputError
@@ -28,9 +30,10 @@ from .validate import decode_document
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Columns in record field order, so ``Record(*row)`` needs no name lookup.
 SESSION_COLUMNS = (
@@ -47,6 +50,7 @@ _INSERT_STATE = (
 
 
 _new_object = object.__new__
+_from_iso = datetime.fromisoformat
 _set_slot = object.__setattr__
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 
@@ -59,58 +63,56 @@ def _slot_setters(record: type, names: str) -> tuple[Callable[[Any, Any], None],
     return tuple(vars(record)[name].__set__ for name in fields)
 
 
-# A frozen dataclass's __init__ sets each field through object.__setattr__; setting the slots
-# directly builds the same record in half the time (a read builds one per row).
+# Rows become records a column at a time: each field of every record is set by a C loop
+# (map over the slot's setter), with no Python frame per row or field. A frozen dataclass's
+# __init__ would set each field through object.__setattr__; per row that was most of a read's
+# cost beyond the driver's own.
 _MESSAGE_SLOTS = _slot_setters(Message, MESSAGE_COLUMNS)
 _SESSION_SLOTS = _slot_setters(Session, SESSION_COLUMNS)
+_drain: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
+_UUID_INT = vars(uuid.UUID)["int"].__set__
+_UUID_SAFE = vars(uuid.UUID)["is_safe"].__set__
+_UTC_SUFFIX = "+00:00"
 
 
-def message_record(
-    id: Any, session_id: Any, seq: Any, role: Any, content: Any, metadata: Any, created_at: Any
-) -> Message:
-    """``Message(...)``, positional in field order, without the frozen dataclass __init__."""
-    s0, s1, s2, s3, s4, s5, s6 = _MESSAGE_SLOTS
-    record: Message = _new_object(Message)
-    s0(record, id)
-    s1(record, session_id)
-    s2(record, seq)
-    s3(record, role)
-    s4(record, content)
-    s5(record, metadata)
-    s6(record, created_at)
-    return record
+def _records(
+    record: type[R], setters: Sequence[Callable[[Any, Any], None]], columns: Sequence[Any], n: int
+) -> list[R]:
+    """``n`` records of the frozen type ``record``, field ``i`` from ``columns[i]``."""
+    records = list(map(_new_object, repeat(record, n)))
+    for setter, column in zip(setters, columns, strict=True):
+        _drain(map(setter, records, column))
+    return records
 
 
-def session_record(
-    id: Any,
-    user_id: Any,
-    tenant_id: Any,
-    agent_id: Any,
-    title: Any,
-    metadata: Any,
-    created_at: Any,
-    updated_at: Any,
-    last_seq: Any,
-    state_version: Any,
-    parent_session_id: Any,
-    forked_at_seq: Any,
-) -> Session:
-    """``Session(...)``, every field positional in order, without the frozen __init__."""
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = _SESSION_SLOTS
-    record: Session = _new_object(Session)
-    s0(record, id)
-    s1(record, user_id)
-    s2(record, tenant_id)
-    s3(record, agent_id)
-    s4(record, title)
-    s5(record, metadata)
-    s6(record, created_at)
-    s7(record, updated_at)
-    s8(record, last_seq)
-    s9(record, state_version)
-    s10(record, parent_session_id)
-    s11(record, forked_at_seq)
-    return record
+def hex_uuids(column: Sequence[Any]) -> list[uuid.UUID]:
+    """:func:`uuid_from_hex` of each value, a column at a time."""
+    n = len(column)
+    if set(map(len, column)) != {32}:
+        return [uuid_from_hex(value) for value in column]
+    values: list[uuid.UUID] = list(map(_new_object, repeat(uuid.UUID, n)))
+    _drain(map(_UUID_INT, values, map(int, column, repeat(16, n))))
+    _drain(map(_UUID_SAFE, values, repeat(_SAFE_UNKNOWN, n)))
+    return values
+
+
+def documents(column: Sequence[Any]) -> list[dict[str, Any]]:
+    """:func:`document` of each value, a column at a time."""
+    kinds = set(map(type, column))
+    if kinds == {dict}:
+        return list(column)  # decoded for these rows by the driver's codec (asyncpg)
+    if kinds == {str}:
+        n = len(column)
+        try:
+            scanned = list(map(_scan_json, column, repeat(0, n)))
+        except (StopIteration, ValueError):
+            scanned = []
+        # A StopIteration inside map ends the list early: the length check catches that too.
+        if len(scanned) == n:
+            values, ends = zip(*scanned, strict=True) if n else ((), ())
+            if list(ends) == list(map(len, column)) and set(map(type, values)) <= {dict}:
+                return list(values)
+    return [document(value) for value in column]
 
 
 def uuid_from_hex(text: str) -> uuid.UUID:
@@ -389,46 +391,61 @@ class Lane:
             parsed = datetime.fromisoformat(value)
             return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
+    def uuids(self, column: Sequence[Any]) -> list[uuid.UUID]:
+        """:meth:`uuid_out` of each value (none ``None``)."""
+        return hex_uuids(column)
+
+    def times(self, column: Sequence[Any]) -> list[datetime]:
+        """:meth:`time_out` of each value."""
+        n = len(column)
+        try:
+            return list(map(_from_iso, map(str.__add__, column, repeat(_UTC_SUFFIX, n))))
+        except (TypeError, ValueError):
+            return [self.time_out(value) for value in column]
+
     def sessions(self, rows: Sequence[Sequence[Any]]) -> list[Session]:
-        uuid_out, time_out = self.uuid_out, self.time_out
+        if not rows:
+            return []
+        (ids, users, tenants, agents, titles, metadata, created, updated, last_seqs, versions,
+         parents, forked_at) = zip(*rows, strict=True)  # fmt: skip
         # A page usually repeats one user/tenant/agent: convert each distinct id once.
-        owners: dict[Any, uuid.UUID | None] = {None: None}
-
-        def owner(value: Any) -> uuid.UUID | None:
-            found = owners.get(value, owners)
-            if found is owners:
-                found = owners[value] = uuid_out(value)
-            return found  # type: ignore[return-value]
-
-        build = session_record
-        return [
-            build(
-                uuid_out(r[0]),
-                owner(r[1]),
-                owner(r[2]),
-                owner(r[3]),
-                r[4],
-                document(r[5]),
-                time_out(r[6]),
-                time_out(r[7]),
-                r[8],
-                r[9],
-                None if r[10] is None else uuid_out(r[10]),
-                r[11],
-            )
-            for r in rows
-        ]
+        distinct = list({*users, *tenants, *agents, *parents} - {None})
+        known: dict[Any, uuid.UUID | None] = dict(zip(distinct, self.uuids(distinct), strict=True))
+        known[None] = None
+        owner = known.__getitem__
+        columns = (
+            self.uuids(ids),
+            map(owner, users),
+            map(owner, tenants),
+            map(owner, agents),
+            titles,
+            documents(metadata),
+            self.times(created),
+            self.times(updated),
+            last_seqs,
+            versions,
+            map(owner, parents),
+            forked_at,
+        )
+        return _records(Session, _SESSION_SLOTS, columns, len(rows))
 
     def messages(self, rows: Sequence[Sequence[Any]]) -> list[Message]:
         if not rows:
             return []
+        n = len(rows)
+        ids, sessions, seqs, roles, contents, metadata, created = zip(*rows, strict=True)
         # One session per read: convert its id once.
-        sid = self.uuid_out(rows[0][1])
-        uuid_out, time_out, build = self.uuid_out, self.time_out, message_record
-        return [
-            build(uuid_out(r[0]), sid, r[2], r[3], r[4], document(r[5]), time_out(r[6]))
-            for r in rows
-        ]
+        sid = self.uuid_out(sessions[0])
+        columns = (
+            self.uuids(ids),
+            repeat(sid, n),
+            seqs,
+            roles,
+            contents,
+            documents(metadata),
+            self.times(created),
+        )
+        return _records(Message, _MESSAGE_SLOTS, columns, n)
 
     # -- statements (aiosqlite: each call is one hop to the connection's thread)
     async def fetch(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
@@ -496,6 +513,9 @@ class MySqlLane(Lane):
     def time_out(self, value: Any) -> datetime:
         result: datetime = value.replace(tzinfo=UTC)
         return result
+
+    def times(self, column: Sequence[Any]) -> list[datetime]:
+        return [value.replace(tzinfo=UTC) for value in column]
 
     async def fetch(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
         async with db.cursor() as cursor:
@@ -577,6 +597,12 @@ class PgLane(Lane):
         # asyncpg returns timestamptz in UTC already: no new object then.
         result: datetime = value if value.tzinfo is UTC else value.astimezone(UTC)
         return result
+
+    def uuids(self, column: Sequence[Any]) -> list[uuid.UUID]:
+        return list(column)
+
+    def times(self, column: Sequence[Any]) -> list[datetime]:
+        return [value if value.tzinfo is UTC else value.astimezone(UTC) for value in column]
 
     async def fetch(self, db: Any, sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
         # asyncpg prepares and caches the statement by its text.
