@@ -62,9 +62,16 @@ class _Checkpoints(PeerStore):
             "updated_channels": ["messages", "step"],
         }
         metadata: Any = {"source": "loop", "step": thread.step, "parents": {}}
-        thread.config = await self.saver.aput(
-            thread.config, checkpoint, metadata, dict(thread.versions)
-        )
+        try:
+            thread.config = await self.saver.aput(
+                thread.config, checkpoint, metadata, dict(thread.versions)
+            )
+        except BaseException:
+            # A refused put's messages leave the thread's state (unless a concurrent put has
+            # already carried them: a checkpoint is the whole state, last writer's view).
+            for message in new:
+                thread.messages.remove(message)
+            raise
 
     async def append(self, handle: Any, text: str) -> None:
         await self._put(handle, [HumanMessage(content=text)])
