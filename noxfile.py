@@ -1,9 +1,8 @@
 """Test matrix for mofa-persist. Plain `nox` runs the sessions in `nox.options.sessions`:
-tests (each backend), integrations, migrations, reliability, scaleout, failover, bench_smoke,
-lint and typecheck. Run on request only: `soak` (longer reliability runs), `bench` (the full
-benchmarks), `bench-peers` (the framework stores beside the library), `bench_scale` (1M
-messages and sessions) and `pgbouncer` (the suite through a private PgBouncer; about 4.5
-minutes).
+tests (each backend), integrations, migrations, reliability, scaleout, failover, pgbouncer
+(the suite through a private PgBouncer), bench_smoke, lint and typecheck. Run on request
+only: `soak` (longer reliability runs), `bench` (the full benchmarks), `bench-peers` (the
+framework stores beside the library) and `bench_scale` (1M messages and sessions).
 
 Each dialect gets its own session so a failure names its backend. Server URLs default to the
 local services (PostgreSQL on 5432, MariaDB on 3306) and can be overridden with
@@ -30,6 +29,7 @@ nox.options.sessions = [
     "reliability",
     "scaleout",
     "failover",
+    "pgbouncer",
     "bench_smoke",
     "lint",
     "typecheck",
