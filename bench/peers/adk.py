@@ -18,7 +18,7 @@ from google.genai import types
 import mofa_persist
 from mofa_persist.integrations.adk import MofaSessionService
 
-from .harness import TASKS, PeerStore
+from .harness import POOL, PeerStore
 from .library import sqlalchemy_url
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class AdkDatabase(_Events):
     name = "DatabaseSessionService"
 
     async def open(self, target: Target) -> None:
-        pool = {} if target.path else {"pool_size": TASKS + 5}
+        pool = {} if target.path else {"pool_size": POOL, "max_overflow": 0}
         self.service = self.db = DatabaseSessionService(sqlalchemy_url(target), **pool)
         await self.db.prepare_tables()
 
@@ -84,7 +84,7 @@ class MofaAdk(_Events):
     note = "ordered=True"
 
     async def open(self, target: Target) -> None:
-        self.store = await mofa_persist.connect(target.url, pool_size=TASKS + 5)
+        self.store = await mofa_persist.connect(target.url, pool_size=POOL, max_overflow=0)
         self.service = MofaSessionService(self.store, ordered=True)
 
     async def close(self) -> None:

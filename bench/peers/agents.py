@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import mofa_persist
 from mofa_persist.integrations.openai_agents import MofaSession
 
-from .harness import TASKS, TEXT, PeerStore
+from .harness import POOL, TEXT, PeerStore
 from .library import sqlalchemy_url
 
 if TYPE_CHECKING:
@@ -62,7 +62,8 @@ class SdkSession(_Items):
 
     async def open(self, target: Target) -> None:
         self.engine = create_async_engine(
-            sqlalchemy_url(target), **({} if target.path else {"pool_size": TASKS + 5})
+            sqlalchemy_url(target),
+            **({} if target.path else {"pool_size": POOL, "max_overflow": 0}),
         )
         self.note = ""
         if target.backend == "mysql":
@@ -85,7 +86,7 @@ class MofaSessionStore(_Items):
     ours = True
 
     async def open(self, target: Target) -> None:
-        self.store = await mofa_persist.connect(target.url, pool_size=TASKS + 5)
+        self.store = await mofa_persist.connect(target.url, pool_size=POOL, max_overflow=0)
 
     async def close(self) -> None:
         await self.store.close()

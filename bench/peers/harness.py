@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 TASKS = 20
 CONTEXT = 50
+#: Connections per store (and no overflow): every store of a dialect is open at once, and
+#: eight pools must fit under the server's limit (PostgreSQL's default is 100) beside other work.
+POOL = 10
 #: A short chat message (about 200 characters), the same for every store.
 TEXT = "A plausible chat message about booking a flight to Lisbon next Tuesday morning. " * 2
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from langchain_core.messages import HumanMessage
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .harness import TASKS, TEXT, PeerStore
+from .harness import POOL, TEXT, PeerStore
 from .library import sqlalchemy_url
 
 with warnings.catch_warnings():  # langchain-community warns on import that it is sunsetting
@@ -30,7 +30,8 @@ class LangChainHistory(PeerStore):
 
     async def open(self, target: Target) -> None:
         self.engine = create_async_engine(
-            sqlalchemy_url(target), **({} if target.path else {"pool_size": TASKS + 5})
+            sqlalchemy_url(target),
+            **({} if target.path else {"pool_size": POOL, "max_overflow": 0}),
         )
         await self._history("probe").aget_messages()  # its create_all, once, untimed
 

@@ -21,7 +21,7 @@ from langgraph.checkpoint.base.id import uuid6
 import mofa_persist
 from mofa_persist.integrations.langgraph import MofaSaver
 
-from .harness import TASKS, TEXT, PeerStore
+from .harness import POOL, TEXT, PeerStore
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -121,7 +121,7 @@ class OfficialSaver(_Checkpoints):
             pool = AsyncConnectionPool(
                 dsn,
                 min_size=1,
-                max_size=TASKS + 5,
+                max_size=POOL,
                 open=False,
                 kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
             )
@@ -139,7 +139,7 @@ class MofaSaverStore(_Checkpoints):
     ours = True
 
     async def open(self, target: Target) -> None:
-        self.store = await mofa_persist.connect(target.url, pool_size=TASKS + 5)
+        self.store = await mofa_persist.connect(target.url, pool_size=POOL, max_overflow=0)
         self.saver = MofaSaver(self.store)
 
     async def close(self) -> None:

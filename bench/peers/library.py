@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 
 import mofa_persist
 
-from .harness import TEXT, PeerStore
+from .harness import POOL, TEXT, PeerStore
 
 if TYPE_CHECKING:
     from ..servers import Target
@@ -31,7 +31,7 @@ class LibraryStore(PeerStore):
     ours = True
 
     async def open(self, target: Target) -> None:
-        self.store = await mofa_persist.connect(target.url, pool_size=25)
+        self.store = await mofa_persist.connect(target.url, pool_size=POOL, max_overflow=0)
 
     async def close(self) -> None:
         await self.store.close()
