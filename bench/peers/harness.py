@@ -164,7 +164,8 @@ async def tasks_one_session(stores: Sequence[PeerStore], sizes: Sizes, dialect: 
                     done += 1
                 except Exception as error:  # what a store raises here is the finding
                     if not any(f.startswith("first: ") for f in found):
-                        found.append(f"first: {type(error).__name__}: {str(error)[:160]}")
+                        text = " ".join(str(error).split()).replace("|", "/")[:160]
+                        found.append(f"first: {type(error).__name__}: {text}")
                     found.append(type(error).__name__)
             return done
 
