@@ -62,6 +62,7 @@ from .langgraph_sql import (
     CheckpointRow,
     Part,
     checkpoint_sql,
+    pg_put_sql,
     read_checkpoint,
     sqlite_put,
     thread_session_sql,
@@ -525,9 +526,10 @@ class MofaSaver(BaseCheckpointSaver[str]):
             "metadata": metadata_bytes,
         }
 
-        if self.store._backend.one_hop_writes and await self._sqlite_put(
-            thread_id, ns, blobs, row, now
-        ):
+        backend = self.store._backend
+        if backend.one_hop_writes and await self._sqlite_put(thread_id, ns, blobs, row, now):
+            return _config(thread_id, ns, checkpoint_id)
+        if backend.one_statement and await self._pg_put(thread_id, ns, blobs, row, now):
             return _config(thread_id, ns, checkpoint_id)
         await self._write_thread(
             thread_id,
@@ -535,6 +537,44 @@ class MofaSaver(BaseCheckpointSaver[str]):
             "store a LangGraph checkpoint",
         )
         return _config(thread_id, ns, checkpoint_id)
+
+    async def _pg_put(
+        self,
+        thread_id: str,
+        ns: str,
+        blobs: dict[tuple[str, str], tuple[str, bytes | None]],
+        row: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """:meth:`aput` on PostgreSQL as one statement in autocommit (see langgraph_sql);
+        ``False`` when the thread has no session yet."""
+        self._seen_loop()
+        store = self.store
+        key_hash = store._key_hash(NAMESPACE, _check_external_id(thread_id))
+        keys, values = list(blobs), list(blobs.values())
+        columns = [
+            [uuid7() for _ in keys],
+            [channel for channel, _ in keys],
+            [version for _, version in keys],
+            [value_type for value_type, _ in values],
+            [value for _, value in values],
+        ]
+        params = [key_hash, *store._scope_params(), ns, now, *columns, uuid7()]
+        params += [row[name] for name in _CHECKPOINT_COLUMNS[1:]]
+        statement = pg_put_sql(store._scope_shape())
+        lane = store._backend.lane
+
+        async def work(db: Any) -> bool:
+            return bool(await lane.fetch(db, statement, params))
+
+        # One statement is atomic on its own: no BEGIN or COMMIT round trip.
+        return await store._run(
+            work,
+            write=True,
+            action="store a LangGraph checkpoint",
+            lean=True,
+            own_transaction=True,
+        )
 
     async def _sqlite_put(
         self,

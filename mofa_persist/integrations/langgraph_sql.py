@@ -7,8 +7,8 @@ aiosqlite's thread, three times the official savers' time. Here it is two statem
 pooled driver connection: the checkpoint, then its blobs and pending writes together
 (``UNION ALL``); on SQLite both run in one hop, inside one read transaction. The second needs
 the channel versions stored inside the serialized checkpoint, so the two cannot be one. On
-SQLite :meth:`~MofaSaver.aput` is likewise one hop: look-up, blobs and checkpoint in one
-transaction.
+SQLite :meth:`~MofaSaver.aput` is likewise one hop (look-up, blobs and checkpoint in one
+transaction), and on PostgreSQL one statement (data-modifying CTEs) in autocommit.
 """
 
 from __future__ import annotations
@@ -207,3 +207,39 @@ def sqlite_put(
         conn.rollback()
         raise
     return True
+
+
+@functools.cache
+def pg_put_sql(scoped: tuple[str, ...]) -> str:
+    """:meth:`MofaSaver.aput` on PostgreSQL as one statement: the thread's session, its new
+    blobs (a blob stored already stays) and the checkpoint (stored again: new columns).
+    Returns the session id; no row when the thread has no session yet (nothing written).
+
+    Parameters: key hash, one per scoped column, then namespace, created_at, the blobs as
+    arrays (ids, channels, versions, value types, values), then the checkpoint's id and its
+    columns after the namespace (see ``_REPLACED``).
+    """
+    mark = sql._Marks("numeric")
+    owner = " AND ".join([f"x.key_hash = {mark()}", *(f"s.{c} = {mark()}" for c in scoped)])
+    ns, now = f"{mark()}::text", f"{mark()}::timestamptz"
+    arrays = ", ".join(f"{mark()}::{kind}[]" for kind in ("uuid", "text", "text", "text", "bytea"))
+    checkpoint = ", ".join(
+        [f"{mark()}::uuid", "t.session_id", ns]
+        + [f"{mark()}::{kind}" for kind in ("text",) * 4 + ("bytea", "text", "bytea")]
+        + [now]
+    )
+    replaced = _REPLACED.split(", ")
+    return (
+        "WITH t AS (SELECT x.session_id FROM external_keys x "
+        f"JOIN sessions s ON s.id = x.session_id WHERE {owner}), "
+        "b AS (INSERT INTO langgraph_blobs "
+        "(id, session_id, checkpoint_ns, channel, version, value_type, value, created_at) "
+        f"SELECT u.id, t.session_id, {ns}, u.channel, u.version, u.value_type, u.value, {now} "
+        f"FROM t, unnest({arrays}) AS u(id, channel, version, value_type, value) "
+        "ON CONFLICT (session_id, checkpoint_ns, channel, version) DO NOTHING) "
+        f"INSERT INTO langgraph_checkpoints (id, session_id, {_REPLACED}, created_at) "
+        f"SELECT {checkpoint} FROM t "
+        "ON CONFLICT (session_id, checkpoint_ns, checkpoint_id) DO UPDATE SET "
+        + ", ".join(f"{name} = EXCLUDED.{name}" for name in replaced)
+        + " RETURNING session_id"
+    )
