@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import aiomysql
@@ -98,8 +99,10 @@ class MySqlFloor(Impl):
         self._writes = await self._pool(autocommit=False)
         self._reads = await self._pool(autocommit=True)
         async with self._reads.acquire() as conn, conn.cursor() as cur:
-            for statement in DDL:
-                await cur.execute(statement)
+            with warnings.catch_warnings():  # "already exists", from the W5 child processes
+                warnings.simplefilter("ignore")
+                for statement in DDL:
+                    await cur.execute(statement)
 
     async def close(self) -> None:
         for pool in (self._writes, self._reads):

@@ -9,6 +9,7 @@ pool (BEGIN ... COMMIT), since autocommit is the pool's mode.
 from __future__ import annotations
 
 import uuid
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import aiomysql
@@ -89,8 +90,10 @@ class MySqlMinimal(Impl):
             minsize=1,
             maxsize=self.pool_size,
         )
-        for statement in DDL:
-            await self._run(statement, ())
+        with warnings.catch_warnings():  # "already exists", from the W5 child processes
+            warnings.simplefilter("ignore")
+            for statement in DDL:
+                await self._run(statement, ())
 
     async def close(self) -> None:
         if self._pool is not None:
