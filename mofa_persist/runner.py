@@ -103,9 +103,13 @@ async def run(
                     )
                 if lean:
                     # Straight from the pool: lean work needs no SQLAlchemy Connection.
-                    # Bounded: a server that accepts TCP but never answers must not hang.
-                    async with asyncio.timeout(backend.connect_timeout):
-                        pooled = await greenlet_spawn(engine.sync_engine.raw_connection)
+                    # A SQLite file's reads reuse a connection an earlier read kept.
+                    keep = backend.keeps_readers and not write and replica is None
+                    pooled = backend.idle_readers.pop() if keep and backend.idle_readers else None
+                    if pooled is None:
+                        # Bounded: a server that accepts TCP but never answers must not hang.
+                        async with asyncio.timeout(backend.connect_timeout):
+                            pooled = await greenlet_spawn(engine.sync_engine.raw_connection)
                     try:
                         result = await _attempt_lean(
                             backend,
@@ -125,8 +129,9 @@ async def run(
                         if not (progress.clean or backend.is_sqlite) and pooled.is_valid:
                             with contextlib.suppress(*DRIVER_ERRORS):
                                 await greenlet_spawn(pooled.invalidate)
-                        with contextlib.suppress(*DRIVER_ERRORS):
-                            await greenlet_spawn(pooled.close)  # back to the pool
+                        if not (keep and progress.clean and backend.keep_reader(pooled)):
+                            with contextlib.suppress(*DRIVER_ERRORS):
+                                await greenlet_spawn(pooled.close)  # back to the pool
                 conn = engine.connect()
                 async with asyncio.timeout(backend.connect_timeout):
                     await conn.start()
