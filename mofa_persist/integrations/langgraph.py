@@ -526,10 +526,7 @@ class MofaSaver(BaseCheckpointSaver[str]):
             "metadata": metadata_bytes,
         }
 
-        backend = self.store._backend
-        if backend.one_hop_writes and await self._sqlite_put(thread_id, ns, blobs, row, now):
-            return _config(thread_id, ns, checkpoint_id)
-        if backend.one_statement and await self._pg_put(thread_id, ns, blobs, row, now):
+        if await self._lean_put(thread_id, ns, blobs, row, now):
             return _config(thread_id, ns, checkpoint_id)
         await self._write_thread(
             thread_id,
@@ -538,7 +535,7 @@ class MofaSaver(BaseCheckpointSaver[str]):
         )
         return _config(thread_id, ns, checkpoint_id)
 
-    async def _pg_put(
+    async def _lean_put(
         self,
         thread_id: str,
         ns: str,
@@ -546,63 +543,52 @@ class MofaSaver(BaseCheckpointSaver[str]):
         row: dict[str, Any],
         now: datetime,
     ) -> bool:
-        """:meth:`aput` on PostgreSQL as one statement in autocommit (see langgraph_sql);
-        ``False`` when the thread has no session yet."""
-        self._seen_loop()
+        """:meth:`aput` in driver-level SQL (see langgraph_sql): on SQLite one hop, on
+        PostgreSQL one statement in autocommit. ``False``, having written nothing, when the
+        thread has no session yet (its first write makes one on the SQLAlchemy path) or the
+        dialect has no such path (MySQL)."""
         store = self.store
-        key_hash = store._key_hash(NAMESPACE, _check_external_id(thread_id))
-        keys, values = list(blobs), list(blobs.values())
-        columns = [
-            [uuid7() for _ in keys],
-            [channel for channel, _ in keys],
-            [version for _, version in keys],
-            [value_type for value_type, _ in values],
-            [value for _, value in values],
-        ]
-        params = [key_hash, *store._scope_params(), ns, now, *columns, uuid7()]
-        params += [row[name] for name in _CHECKPOINT_COLUMNS[1:]]
-        statement = pg_put_sql(store._scope_shape())
-        lane = store._backend.lane
-
-        async def work(db: Any) -> bool:
-            return bool(await lane.fetch(db, statement, params))
-
-        # One statement is atomic on its own: no BEGIN or COMMIT round trip.
-        return await store._run(
-            work,
-            write=True,
-            action="store a LangGraph checkpoint",
-            lean=True,
-            own_transaction=True,
-        )
-
-    async def _sqlite_put(
-        self,
-        thread_id: str,
-        ns: str,
-        blobs: dict[tuple[str, str], tuple[str, bytes | None]],
-        row: dict[str, Any],
-        now: datetime,
-    ) -> bool:
-        """:meth:`aput` on SQLite in one hop (see langgraph_sql); ``False`` when the thread
-        has no session yet (its first write makes one on the SQLAlchemy path)."""
+        backend = store._backend
+        if not (backend.one_hop_writes or backend.one_statement):
+            return False
         self._seen_loop()
-        store = self.store
-        lane = store._backend.lane
-        lookup = thread_session_sql(lane.style, store._scope_shape())
-        key_hash = store._key_hash(NAMESPACE, _check_external_id(thread_id))
-        at = lane.time_in(now)
-        blob_rows = [
-            (uuid7().hex, ns, channel, version, value_type, value, at)
-            for (channel, version), (value_type, value) in blobs.items()
-        ]
-        checkpoint = (uuid7().hex, *(row[name] for name in _CHECKPOINT_COLUMNS), at)
+        lane = backend.lane
+        owner = [store._key_hash(NAMESPACE, _check_external_id(thread_id)), *store._scope_params()]
+        work: Callable[[Any], Awaitable[bool]]
+        if backend.one_hop_writes:
+            lookup = thread_session_sql(lane.style, store._scope_shape())
+            at = lane.time_in(now)
+            blob_rows = [
+                (uuid7().hex, ns, channel, version, value_type, value, at)
+                for (channel, version), (value_type, value) in blobs.items()
+            ]
+            checkpoint = (uuid7().hex, *(row[name] for name in _CHECKPOINT_COLUMNS), at)
 
-        async def work(db: Any) -> bool:
-            return await sql.sqlite_in_thread(
-                db, sqlite_put, lookup, [key_hash, *store._scope_params()], blob_rows, checkpoint
-            )
+            async def in_thread(db: Any) -> bool:
+                return await sql.sqlite_in_thread(
+                    db, sqlite_put, lookup, owner, blob_rows, checkpoint
+                )
 
+            work = in_thread
+        else:
+            keys, values = list(blobs), list(blobs.values())
+            columns = [
+                [uuid7() for _ in keys],
+                [channel for channel, _ in keys],
+                [version for _, version in keys],
+                [value_type for value_type, _ in values],
+                [value for _, value in values],
+            ]
+            params = [*owner, ns, now, *columns, uuid7()]
+            params += [row[name] for name in _CHECKPOINT_COLUMNS[1:]]
+            statement = pg_put_sql(store._scope_shape())
+
+            async def one_statement(db: Any) -> bool:
+                return bool(await lane.fetch(db, statement, params))
+
+            work = one_statement
+        # Each is atomic on its own (one transaction in the thread, or one statement): no
+        # BEGIN or COMMIT round trip from the runner.
         return await store._run(
             work,
             write=True,
