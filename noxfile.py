@@ -40,7 +40,8 @@ DIALECTS = ["memory", "sqlite", "postgresql", "mysql"]
 PASSED_ENV = ("CI", "MOFA_TEST_POSTGRES_URL", "MOFA_TEST_MYSQL_URL")
 #: pytest-xdist workers for the suites whose tests each make their own database: the time
 #: goes to round trips, fsyncs and CLI subprocesses, so two workers help even on 2 cores.
-#: The reliability, migrations and cluster suites stay serial (they kill, restart and race).
+#: The integrations suite runs on them too. The reliability, migrations and cluster suites
+#: stay serial (they kill, restart and race).
 PARALLEL = ("-n", "auto", "--maxprocesses=4")
 
 
@@ -94,6 +95,7 @@ def integrations(session: nox.Session) -> None:
     session.run(
         "pytest",
         "tests/integrations",
+        *PARALLEL,
         *session.posargs,
         env=_env(MOFA_TEST_BACKENDS="memory,sqlite,postgresql,mysql"),
     )
