@@ -137,20 +137,31 @@ class SessionsApi(StoreCore):
         async def work(conn: AsyncConnection) -> Session:
             stmt = update(s_t).where(*self._session_filter(sid))
             if (await writes.execute_fitted(self._backend, conn, stmt, values)).rowcount == 0:
-                raise self._not_found(sid)
+                await self._require_locked(conn, sid)
+                await writes.execute_fitted(self._backend, conn, stmt, values)
             row = (await conn.execute(select(s_t).where(s_t.c.id == sid))).one()
             return _session_record(row)
 
         return await self._run(work, write=True, action="update a session")
+
+    async def _require_locked(self, conn: AsyncConnection, sid: uuid.UUID) -> None:
+        """After a statement on one session matched no row: ``NotFoundError`` unless the
+        session exists in the view, whose row lock this transaction then holds. MariaDB under
+        READ COMMITTED can skip a row another writer holds and report 0 rows; the locking read
+        waits for that writer instead, so the statement can be run again."""
+        found = select(s_t.c.id).where(*self._session_filter(sid)).with_for_update()
+        if (await conn.execute(found)).first() is None:
+            raise self._not_found(sid)
 
     async def delete_session(self, session_id: uuid.UUID | str) -> None:
         """Delete the session with its messages and states (one statement, cascading)."""
         sid = require_uuid("session_id", session_id)
 
         async def work(conn: AsyncConnection) -> None:
-            result = await conn.execute(delete(s_t).where(*self._session_filter(sid)))
-            if result.rowcount == 0:
-                raise self._not_found(sid)
+            stmt = delete(s_t).where(*self._session_filter(sid))
+            if (await conn.execute(stmt)).rowcount == 0:
+                await self._require_locked(conn, sid)
+                await conn.execute(stmt)
 
         await self._run(work, write=True, action="delete a session")
 
