@@ -66,6 +66,23 @@ LIST = (
 ALL = f"SELECT {COLUMNS} FROM bench_messages WHERE session_id = $1 ORDER BY seq"
 
 
+async def open_pool(target: Target, size: int, ddl: Sequence[str]) -> asyncpg.Pool:
+    """An asyncpg pool on ``target`` (the minimal floor's too), with ``ddl`` run first."""
+    pool = await asyncpg.create_pool(
+        host=target.host,
+        port=target.port,
+        user=target.user,
+        password=target.password or None,
+        database=target.database,
+        min_size=1,
+        max_size=size,
+    )
+    async with pool.acquire() as conn:
+        for statement in ddl:
+            await conn.execute(statement)
+    return pool
+
+
 class PostgresFloor(Impl):
     name = "floor"
 
@@ -80,19 +97,7 @@ class PostgresFloor(Impl):
         return self._pool
 
     async def open(self) -> None:
-        t = self.target
-        self._pool = await asyncpg.create_pool(
-            host=t.host,
-            port=t.port,
-            user=t.user,
-            password=t.password or None,
-            database=t.database,
-            min_size=1,
-            max_size=self.pool_size,
-        )
-        async with self.pool.acquire() as conn:
-            for statement in DDL:
-                await conn.execute(statement)
+        self._pool = await open_pool(self.target, self.pool_size, DDL)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import asyncpg
-
 from mofa_persist.ids import uuid7
 
 from .base import CONTENT, METADATA_JSON, STATE_JSON, Impl, LocalSeq, Rows, now, seed_times
+from .floor_pg import open_pool
 
 if TYPE_CHECKING:
     import uuid
     from collections.abc import AsyncIterator, Sequence
+
+    import asyncpg
 
     from ..servers import Target
 
@@ -72,19 +73,7 @@ class PostgresMinimal(Impl):
         return self._pool
 
     async def open(self) -> None:
-        t = self.target
-        self._pool = await asyncpg.create_pool(
-            host=t.host,
-            port=t.port,
-            user=t.user,
-            password=t.password or None,
-            database=t.database,
-            min_size=1,
-            max_size=self.pool_size,
-        )
-        async with self.pool.acquire() as conn:
-            for statement in DDL:
-                await conn.execute(statement)
+        self._pool = await open_pool(self.target, self.pool_size, DDL)
 
     async def close(self) -> None:
         if self._pool is not None:
