@@ -74,7 +74,12 @@ _FOREIGN = (
 )
 
 _fts = table("messages_search", column("rowid"))
-_fts_map = table("messages_search_map", column("id"), column("message_id", Uuid()))
+_fts_map = table(
+    "messages_search_map",
+    column("id"),
+    column("message_id", Uuid()),
+    column("created_at", m_t.c.created_at.type),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +167,14 @@ class SearchApi(StoreCore):
                 # workers for a rare word (~20 ms of a 30 ms query at 100k messages). The
                 # probe is ordered like the partial index so that the same misestimate
                 # cannot pick a sequential scan (EXISTS did: 160 ms at 100k).
+                # The same round trip turns JIT off for this transaction: a common word's
+                # estimate (every match ranked) passes jit_above_cost, and compiling cost
+                # more than the query saved.
                 longest = text(
-                    f"SELECT session_id FROM messages WHERE {_PG_LONG} ORDER BY session_id LIMIT 1"
+                    "SELECT set_config('jit', 'off', true) AS jit, (SELECT session_id FROM"
+                    f" messages WHERE {_PG_LONG} ORDER BY session_id LIMIT 1) AS long_session"
                 )
-                long_messages = (await conn.execute(longest)).first() is not None
+                long_messages = (await conn.execute(longest)).one().long_session is not None
             if expression is not None:
                 # A rank window costs a second bm25 pass and only pays when many match
                 # (100k messages: 2,700 matches 63 -> 135 ms, 21,000 matches 365 -> 129 ms).
@@ -237,12 +246,12 @@ class SearchApi(StoreCore):
             probe = text(
                 "SELECT count(*) FROM sqlite_master WHERE name IN "
                 "('messages_search', 'messages_search_map', 'messages_search_insert', "
-                "'messages_search_delete')"
+                "'messages_search_delete', 'messages_search_moved')"
             )
 
         async def work(conn: AsyncConnection) -> _Ready | None:
             found = int((await conn.execute(probe)).scalar_one())
-            if found != (4 if kind in ("sqlite", "memory") else 1):
+            if found != (5 if kind in ("sqlite", "memory") else 1):
                 return None
             if kind != "mysql":
                 return _Ready()
@@ -283,15 +292,19 @@ def _candidates(
     rank: Any
     floor: Any = cast(literal(None), Float)
     long_branch: list[Any] = []
+    sort_keys: tuple[Any, Any] = (m_t.c.id, m_t.c.created_at)
     if kind in ("sqlite", "memory"):
         expression = sqlite_match(query)
         if expression is not None:
             ranked = _fts_ranked(expression, after, batch if windowed else None)
-            source = ranked.join(_fts_map, _fts_map.c.id == ranked.c.rowid).join(
-                m_t, m_t.c.id == _fts_map.c.message_id
-            )
-            if scoped:
-                source = source.join(s_t, s_t.c.id == m_t.c.session_id)
+            source = ranked.join(_fts_map, _fts_map.c.id == ranked.c.rowid)
+            # The map holds the sort keys: ``messages`` is joined for every match only when
+            # a filter needs it, else for the rows of one batch.
+            sort_keys = (_fts_map.c.message_id, _fts_map.c.created_at)
+            if filters:
+                source = source.join(m_t, m_t.c.id == _fts_map.c.message_id)
+                if scoped:
+                    source = source.join(s_t, s_t.c.id == m_t.c.session_id)
             rank = ranked.c.rank
             floor = ranked.c.window_floor
         else:
@@ -322,7 +335,12 @@ def _candidates(
                 content = m_t.c.content.collate("utf8mb4_general_ci")
                 where.append(content.like(literal(pattern), escape="\\"))
             rank = cast(literal(0), Numeric(65, 30))
-    keys = (m_t.c.id, m_t.c.created_at, rank.label("rank"), floor.label("window_floor"))
+    keys = (
+        sort_keys[0].label("id"),
+        sort_keys[1].label("created_at"),
+        rank.label("rank"),
+        floor.label("window_floor"),
+    )
     matched = select(*keys).select_from(source).where(*where)
     if long_branch:
         longer = select(*keys).select_from(source).where(*filters, *long_branch)
