@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 #: Default and largest page of :meth:`SearchApi.search_messages`.
 DEFAULT_HITS = 20
 MAX_HITS = 500
-#: The most candidates one round trip reads (batches grow 4x from 2 x limit while few pass).
+#: The most candidates one round trip reads (batches grow 4x while few pass).
 MAX_BATCH = 5000
 #: SQLite/memory: from how many matches the best are ranked in a window (see _fts_ranked).
 WINDOW_FROM = 10_000
@@ -150,7 +150,11 @@ class SearchApi(StoreCore):
             filters.append(m_t.c.created_at < until)
         kind = self._backend.url.kind
         scoped = self._scope.restricted
-        batch = max(2 * (size + 1), 50)
+        # The first trip reads one page and one row more: the FTS5 and tsvector candidates
+        # almost all pass the exact check, and every extra row is one more message and
+        # session read (at 1M messages, mostly outside the page cache). MySQL's candidates
+        # (a LIKE scan, stopwords) often fail it: it reads more at once.
+        batch = size + 1 if kind != "mysql" else max(2 * (size + 1), 50)
 
         async def work(conn: AsyncConnection) -> Page[MessageHit]:
             if sid is not None:
