@@ -24,6 +24,9 @@ class Failure(enum.Enum):
     RETRYABLE = "retryable"  # deadlock, serialization failure, lock timeout, SQLite busy
     CONNECTION = "connection"  # the connection is gone or could not be made
     TOO_LARGE = "too_large"  # a statement or value larger than MySQL's max_allowed_packet
+    #: The server refused the statement's data (a check, NOT NULL or length constraint, a bad
+    #: value): the statement, and an autocommit write with it, took no effect.
+    REFUSED = "refused"
     OTHER = "other"
 
 
@@ -37,6 +40,8 @@ _PG_STATES = {
     "57P02": Failure.CONNECTION,  # crash_shutdown
     "57P03": Failure.CONNECTION,  # cannot_connect_now (starting up / shutting down)
 }
+#: SQLSTATE classes of a refused statement: data_exception, integrity_constraint_violation.
+_PG_REFUSED_CLASSES = ("22", "23")
 _MYSQL_ERRNOS = {
     1062: Failure.UNIQUE,
     1452: Failure.FOREIGN_KEY,
@@ -50,6 +55,13 @@ _MYSQL_ERRNOS = {
     2006: Failure.CONNECTION,  # server has gone away
     2013: Failure.CONNECTION,  # lost connection during query
     2055: Failure.CONNECTION,
+    # Refused data: NOT NULL, out of range, data too long, bad string, check constraints.
+    1048: Failure.REFUSED,
+    1264: Failure.REFUSED,
+    1366: Failure.REFUSED,
+    1406: Failure.REFUSED,
+    3819: Failure.REFUSED,  # MySQL ER_CHECK_CONSTRAINT_VIOLATED
+    4025: Failure.REFUSED,  # MariaDB ER_CONSTRAINT_FAILED
 }
 #: ER_NET_PACKET_TOO_LARGE (SQLSTATE 08S01, a "communication" state, though the server is
 #: fine: it refused the statement, then closed the connection) and
@@ -58,6 +70,7 @@ _MYSQL_PACKET_ERRNOS = frozenset({1153, 1301})
 _SQLITE_CODES = {
     sqlite3.SQLITE_BUSY: Failure.RETRYABLE,
     sqlite3.SQLITE_LOCKED: Failure.RETRYABLE,
+    sqlite3.SQLITE_CONSTRAINT: Failure.REFUSED,  # other than the keys of _SQLITE_EXTENDED
 }
 _SQLITE_EXTENDED = {
     2067: Failure.UNIQUE,  # SQLITE_CONSTRAINT_UNIQUE
@@ -116,6 +129,9 @@ def classify(error: BaseException) -> Failure:
         args = getattr(candidate, "args", ())
         if args and isinstance(args[0], int) and args[0] in _MYSQL_ERRNOS:
             return _MYSQL_ERRNOS[args[0]]
+        # After MySQL's numbers: newer pymysql also reports a SQLSTATE (23000 for any key).
+        if isinstance(state, str) and state.startswith(_PG_REFUSED_CLASSES):
+            return Failure.REFUSED
     if isinstance(driver, (OSError, TimeoutError, ConnectionError)):
         return Failure.CONNECTION
     if isinstance(error, (sa_exc.InterfaceError, sa_exc.DisconnectionError)):

@@ -12,9 +12,11 @@ On MySQL a row too large for one max_allowed_packet once escaped is written in p
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from sqlalchemy import insert, literal_column, select, update
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from .sql import MySqlLane
     from .validate import EncodedJSON
 
+T = TypeVar("T")
 s_t = sessions_table
 m_t = messages_table
 a_t = agent_state_table
@@ -192,6 +195,120 @@ async def lean_write(
     if state_row is not None:
         await lane.execute(db, sql.insert_state_sql(lane.style), state_row)
     return stored, saved
+
+
+LeanTurn = Callable[
+    [
+        _Backend,
+        Scope,
+        "uuid.UUID",
+        "Sequence[_NewMessage]",
+        "EncodedJSON | None",
+        "int | None",
+        Any,
+    ],
+    Awaitable[tuple[list[Message], AgentState | None]],
+]
+
+
+def lean_turn(backend: _Backend) -> tuple[LeanTurn, bool]:
+    """The driver-level turn write of ``backend``, and whether it ends its transaction itself
+    (the runner's ``own_transaction``): each of these is one trip, the COMMIT included."""
+    if backend.one_hop_writes:
+        return sqlite_write, True
+    if backend.one_statement:
+        return lean_write, True  # pg_write: one statement, in autocommit
+    if isinstance(backend.lane, sql.MySqlLane):
+        return mysql_write, True
+    return lean_write, False
+
+
+async def mysql_write(
+    backend: _Backend,
+    scope: Scope,
+    sid: uuid.UUID,
+    items: Sequence[_NewMessage],
+    state: EncodedJSON | None,
+    expected_version: int | None,
+    db: Any,
+) -> tuple[list[Message], AgentState | None]:
+    """:func:`lean_write` on MySQL/MariaDB in ONE round trip, COMMIT included (run with
+    ``own_transaction``): the bump, the inserts and the COMMIT go as one multi-statement
+    text, where lean_write needs three trips (bump, insert, COMMIT).
+
+    The inserts take the seq numbers from the bump's ``LAST_INSERT_ID`` (see
+    :func:`sql.bump_sql`), which is first reset to 0, so a bump that matched no row (a
+    missing session, another state version, or MariaDB's skipped row) inserts nothing and
+    commits an empty transaction; that rare case is then redone by :func:`lean_write`. A
+    write too large for one statement (see :func:`fits_one_trip`) goes there at once.
+    """
+    if not fits_one_trip(items, state):
+        return await _committed(
+            db, lean_write(backend, scope, sid, items, state, expected_version, db)
+        )
+    lane = backend.lane
+    now = _now()
+    ids = [uuid7() for _ in items]
+    state_id = uuid7()
+    bump, params = bump_statement(
+        backend, scope, sid, len(items), state, expected_version, now, True
+    )
+    key, stamp = lane.uuid_in(sid), lane.time_in(now)
+    for message_id, item in zip(ids, items, strict=True):
+        params += [
+            lane.uuid_in(message_id),
+            key,
+            item.role,
+            item.content,
+            str(item.metadata),
+            stamp,
+        ]
+    if state is not None:
+        params += [lane.uuid_in(state_id), key, str(state), stamp]
+    text = _mysql_turn_sql(bump, len(items), state is not None)
+    packed = 0
+    async with db.cursor() as cursor:
+        try:
+            await cursor.execute(text, params)  # the answer of DO LAST_INSERT_ID(0)
+            await cursor.nextset()  # the bump's: the packed counters, 0 if no row matched
+            packed = int(cursor.lastrowid or 0)
+            while await cursor.nextset():  # the inserts' and the COMMIT's answers
+                pass
+        except Exception:
+            # A statement failed and the ones after it (the COMMIT too) did not run.
+            with contextlib.suppress(Exception):
+                await db.rollback()
+            raise
+    if not packed:
+        return await _committed(
+            db, lean_write(backend, scope, sid, items, state, expected_version, db)
+        )
+    return _turn_records(sid, items, ids, state, state_id, sql.unpack_counters(packed), now)
+
+
+async def _committed(db: Any, write: Awaitable[T]) -> T:
+    """Await a write on a MySQL connection of ``own_transaction`` work and commit it (or roll
+    it back when it fails, unless cancelled: the runner drops that connection instead)."""
+    try:
+        result = await write
+    except Exception:
+        with contextlib.suppress(Exception):
+            await db.rollback()
+        raise
+    await db.commit()
+    return result
+
+
+def fits_one_trip(items: Sequence[_NewMessage], state: EncodedJSON | None) -> bool:
+    """Whether :func:`mysql_write` may send this turn as one statement text: something to
+    bump, and all values together within :data:`sql.FAST_CHARS` (so the escaped text stays
+    under any max_allowed_packet, like one ordinary row)."""
+    if not items and state is None:
+        return False
+    size = 0 if state is None else len(state)
+    for item in items:
+        size += len(item.content) + len(item.metadata)
+    return size <= sql.FAST_CHARS
 
 
 def oversized(items: Sequence[_NewMessage], state: EncodedJSON | None) -> bool:
@@ -580,3 +697,37 @@ def _pg_write_sql(messages: bool, state: bool, expected: bool, scoped: tuple[str
         f"WHERE {' AND '.join(conditions)} RETURNING last_seq, state_version)"
     )
     return f"WITH {', '.join([bumped, *inserts])} SELECT last_seq, state_version FROM bumped"
+
+
+#: The seq and the state version packed in LAST_INSERT_ID by a MySQL bump (sql.bump_sql).
+_PACKED_SEQ = "(LAST_INSERT_ID() DIV 4294967296)"
+_PACKED_VERSION = "(LAST_INSERT_ID() & 4294967295)"
+
+
+@functools.cache
+def _mysql_turn_sql(bump: str, messages: int, state: bool) -> str:
+    """The statements of :func:`mysql_write`: reset LAST_INSERT_ID, bump, insert, COMMIT.
+
+    Each inserted row is a ``SELECT ... FROM DUAL WHERE LAST_INSERT_ID() <> 0``: the numbers
+    come from the bump of this connection, and a bump that matched no row inserts nothing.
+    Parameters: the bump's, then per message (id, session_id, role, content, metadata,
+    created_at), then the state's (id, session_id, state, created_at).
+    """
+    guard = " FROM DUAL WHERE LAST_INSERT_ID() <> 0"
+    statements = ["DO LAST_INSERT_ID(0)", bump]
+    if messages:
+        rows = " UNION ALL ".join(
+            f"SELECT %s, %s, {_PACKED_SEQ} - {messages - offset}, %s, %s, %s, %s{guard}"
+            for offset in range(1, messages + 1)
+        )
+        statements.append(
+            "INSERT INTO messages (id, session_id, seq, role, content, metadata, created_at) "
+            + rows
+        )
+    if state:
+        statements.append(
+            "INSERT INTO agent_state (id, session_id, version, state, created_at, at_seq) "
+            f"SELECT %s, %s, {_PACKED_VERSION}, %s, %s, {_PACKED_SEQ}{guard}"
+        )
+    statements.append("COMMIT")
+    return "; ".join(statements)

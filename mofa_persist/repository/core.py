@@ -149,14 +149,19 @@ class StoreCore:
             )
             return await self._keyed_write(sid, items, state, expected_version, action, call)
         if backend.lean_writes:
-            # SQLite hands the whole transaction to its driver thread in one hop.
-            write = writes.sqlite_write if backend.one_hop_writes else writes.lean_write
+            # One trip each, the transaction's end included: SQLite hands the whole
+            # transaction to its driver thread in one hop, PostgreSQL runs the turn as one
+            # statement in autocommit (atomic on its own), MySQL sends bump, inserts and
+            # COMMIT as one text. A connection lost during that trip leaves the outcome
+            # unknown (BackendError.outcome_unknown; an idempotency key makes the retry safe),
+            # as a lost COMMIT would.
+            write, own_transaction = writes.lean_turn(backend)
             return await self._run(
                 functools.partial(write, backend, scope, sid, items, state, expected_version),
                 write=True,
                 action=action,
                 lean=True,
-                own_transaction=backend.one_hop_writes,
+                own_transaction=own_transaction,
                 span=span,
             )
         return await self._run(

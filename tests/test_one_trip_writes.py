@@ -1,0 +1,56 @@
+"""Writes that end their own transaction in one trip (writes.lean_turn): a write whose bump
+matches no row stores nothing, even right after a write that did on the same connection.
+
+On MySQL the inserts read the seq numbers the bump left in LAST_INSERT_ID, a per-connection
+value that outlives the statement: a bump that matched nothing (another tenant's session,
+another state version) must not let the next inserts reuse the previous write's numbers.
+The calls below run one after another, so they share the store's one pooled connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from mofa_persist import ConflictError, NotFoundError, Store
+
+
+async def test_unmatched_writes_store_nothing_after_matched_ones(store: Store) -> None:
+    mine = store.scoped(tenant_id=uuid.uuid4())
+    theirs = await store.scoped(tenant_id=uuid.uuid4()).create_session()
+    session = await mine.create_session()
+    first = await mine.record_turn(
+        session.id,
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        state={"step": 1},
+    )
+    assert [m.seq for m in first.messages] == [1, 2]
+    assert first.state is not None and (first.state.version, first.state.at_seq) == (1, 2)
+
+    with pytest.raises(NotFoundError):  # out of the view: the bump matches no row
+        await mine.append_message(theirs.id, "user", "not mine")
+    with pytest.raises(NotFoundError):
+        await mine.record_turn(theirs.id, [{"role": "user", "content": "x"}], state={"a": 1})
+    with pytest.raises(ConflictError):  # another state version: no row either
+        await mine.record_turn(
+            session.id, [{"role": "user", "content": "stale"}], state={"step": 9},
+            expected_version=0,
+        )  # fmt: skip
+    with pytest.raises(ConflictError):
+        await mine.save_state(session.id, {"step": 9}, expected_version=5)
+
+    assert await store.get_messages(theirs.id) == []
+    assert await store.load_state(theirs.id) is None
+    assert [m.content for m in await mine.get_messages(session.id)] == ["hi", "hello"]
+    current = await mine.load_state(session.id)
+    assert current is not None and (current.version, current.state) == (1, {"step": 1})
+
+    later = await mine.record_turn(
+        session.id, [{"role": "user", "content": "again"}], state={"step": 2}, expected_version=1
+    )
+    assert [m.seq for m in later.messages] == [3]
+    assert later.state is not None and (later.state.version, later.state.at_seq) == (2, 3)
+    stored = await mine.get_messages(session.id)
+    assert [(m.seq, m.content) for m in stored] == [(1, "hi"), (2, "hello"), (3, "again")]
+    assert (await store.get_session(session.id)).last_seq == 3
