@@ -24,6 +24,12 @@ scope):
 
 Writes carrying an idempotency key, a state snapshot or an ``expected_version`` are never
 grouped: their exactly-once and version checks belong to their own transaction.
+
+SQLite (a file or the in-memory database) has one writer at a time whatever the session, and
+every transaction pays its own sync: there, appends to *any* session queue together (one
+queue per store backend, not per session) and a group spanning several sessions is written
+by ``write_many`` as one transaction, each session's part in a savepoint of its own (see
+``writes.sqlite_write_sessions``); a part that fails is rerun on its own as above.
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ if TYPE_CHECKING:
     #: ``write(sid, items, action, span)``: the session's plain one-transaction write of
     #: ``items``; ``span`` says whether it reports a span of its own named ``action``.
     Write = Callable[[uuid.UUID, Sequence[_NewMessage], str, bool], Awaitable[list[Message]]]
+    #: ``write_many(parts)``: one transaction over several sessions' (scope, sid, items);
+    #: per part its records, or ``None`` when that part stored nothing and must be rerun.
+    WriteMany = Callable[
+        [list[tuple[Scope, uuid.UUID, list[_NewMessage]]]],
+        Awaitable[list[list[Message] | None]],
+    ]
 
 #: A group takes queued calls until it has this many calls or messages (at least one call);
 #: the rest form the next group, so one transaction stays of a bounded size.
@@ -60,10 +72,14 @@ GROUP_ACTION = "append a group of messages"
 
 @dataclass(slots=True)
 class _Member:
-    """One queued call: its checked messages, the span name it reports under, its answer."""
+    """One queued call: its session and view, its checked messages, the span name it reports
+    under, the plain write of its own view, and its answer."""
 
+    scope: Scope
+    sid: uuid.UUID
     items: Sequence[_NewMessage]
     action: str
+    write: Write
     future: asyncio.Future[list[Message]]
 
 
@@ -76,13 +92,16 @@ class _Queue:
 
 @dataclass(slots=True)
 class _Groups:
-    """Per backend: the busy sessions, and the tasks writing their groups."""
+    """Per backend: the busy sessions (SQLite: :data:`_ANY_SESSION`), and the tasks writing
+    their groups."""
 
-    busy: dict[tuple[uuid.UUID, Scope], _Queue] = field(default_factory=dict)
+    busy: dict[object, _Queue] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 _GROUPS: weakref.WeakKeyDictionary[_Backend, _Groups] = weakref.WeakKeyDictionary()
+#: The one queue key of a backend whose writes to any session queue together (SQLite).
+_ANY_SESSION = object()
 
 
 async def append(
@@ -92,23 +111,25 @@ async def append(
     items: Sequence[_NewMessage],
     action: str,
     write: Write,
+    write_many: WriteMany | None = None,
 ) -> list[Message]:
-    """Store ``items`` at the session's end, sharing a transaction with concurrent appends."""
+    """Store ``items`` at the session's end, sharing a transaction with concurrent appends
+    (with ``write_many``: concurrent appends to any session of the backend)."""
     groups = _GROUPS.get(backend)
     if groups is None:
         groups = _GROUPS[backend] = _Groups()
-    key = (sid, scope)
+    key: object = (sid, scope) if write_many is None else _ANY_SESSION
     queue = groups.busy.get(key)
     if queue is not None:
-        member = _Member(items, action, asyncio.get_running_loop().create_future())
-        queue.members.append(member)
+        future = asyncio.get_running_loop().create_future()
+        queue.members.append(_Member(scope, sid, items, action, write, future))
         # The caller's own span covers its wait; cancelling it cancels only its future.
-        return await telemetry.observe(backend, action, member.future)
+        return await telemetry.observe(backend, action, future)
     queue = groups.busy[key] = _Queue()
     try:
         stored = await write(sid, items, action, True)
     finally:
-        _hand_over(backend, groups, key, queue, write)
+        _hand_over(backend, groups, key, queue, write_many)
     telemetry.grouped(backend, 1)
     return stored
 
@@ -116,9 +137,9 @@ async def append(
 def _hand_over(
     backend: _Backend,
     groups: _Groups,
-    key: tuple[uuid.UUID, Scope],
+    key: object,
     queue: _Queue,
-    write: Write,
+    write_many: WriteMany | None,
 ) -> None:
     """The write in flight ended: a task writes what queued meanwhile, or the session is idle."""
     if not _live(queue.members):
@@ -126,7 +147,7 @@ def _hand_over(
         return
     # A context of its own: the group's span must not nest under the caller that ended.
     task = asyncio.get_running_loop().create_task(
-        _drain(backend, groups, key, queue, write), context=contextvars.Context()
+        _drain(backend, groups, key, queue, write_many), context=contextvars.Context()
     )
     groups.tasks.add(task)
     task.add_done_callback(groups.tasks.discard)
@@ -139,9 +160,9 @@ def _live(members: list[_Member]) -> bool:
 async def _drain(
     backend: _Backend,
     groups: _Groups,
-    key: tuple[uuid.UUID, Scope],
+    key: object,
     queue: _Queue,
-    write: Write,
+    write_many: WriteMany | None,
 ) -> None:
     """Write the queued calls group by group until none is left, then mark the session idle."""
     try:
@@ -152,7 +173,7 @@ async def _drain(
                 if not _live(queue.members):
                     break
             batch, queue.members = _take(queue.members)
-            await _write_group(backend, key[0], batch, write)
+            await _write_group(backend, batch, write_many)
     finally:
         del groups.busy[key]
         for member in queue.members:  # only if this task itself was cancelled
@@ -174,27 +195,69 @@ def _take(members: list[_Member]) -> tuple[list[_Member], list[_Member]]:
 
 
 async def _write_group(
-    backend: _Backend, sid: uuid.UUID, batch: list[_Member], write: Write
+    backend: _Backend, batch: list[_Member], write_many: WriteMany | None
 ) -> None:
-    """One transaction for the whole batch; on failure, each member alone (see the module)."""
-    if len(batch) == 1:
-        await _one_by_one(backend, sid, batch, write)
+    """One transaction for the whole batch: one session's, or several sessions' (write_many)."""
+    parts: dict[tuple[uuid.UUID, Scope], list[_Member]] = {}
+    for member in batch:
+        parts.setdefault((member.sid, member.scope), []).append(member)
+    if write_many is None or len(parts) == 1:
+        for members in parts.values():
+            await _write_session(backend, members)
         return
+    try:
+        results = await write_many(
+            [
+                (members[0].scope, members[0].sid, [i for m in members for i in m.items])
+                for members in parts.values()
+            ]
+        )
+    except PersistenceError as error:
+        if _shared(error):
+            for member in batch:
+                _answer_error(member, _copy(error))
+            return
+        results = [None] * len(parts)
+    except Exception as error:  # not a store error: a bug; every caller must hear of it
+        for member in batch:
+            _answer_error(member, error)
+        return
+    written = list(zip(parts.values(), results, strict=True))
+    if calls := sum(len(members) for members, stored in written if stored is not None):
+        telemetry.grouped(backend, calls)
+    for members, stored in written:
+        if stored is None:  # this session's part stored nothing: each member on its own
+            await _one_by_one(backend, members)
+        else:
+            _answer_slices(members, stored)
+
+
+async def _write_session(backend: _Backend, batch: list[_Member]) -> None:
+    """One transaction for members of one session; on failure, each alone (see the module)."""
+    if len(batch) == 1:
+        await _one_by_one(backend, batch)
+        return
+    first = batch[0]
     items = [item for member in batch for item in member.items]
     try:
-        stored = await write(sid, items, GROUP_ACTION, True)
+        stored = await first.write(first.sid, items, GROUP_ACTION, True)
     except PersistenceError as error:
         if _shared(error):
             for member in batch:
                 _answer_error(member, _copy(error))
         else:
-            await _one_by_one(backend, sid, batch, write)
+            await _one_by_one(backend, batch)
         return
     except Exception as error:  # not a store error: a bug; every caller must hear of it
         for member in batch:
             _answer_error(member, error)
         return
     telemetry.grouped(backend, len(batch))
+    _answer_slices(batch, stored)
+
+
+def _answer_slices(batch: list[_Member], stored: list[Message]) -> None:
+    """Each member's slice of its group's records, in the order the members queued."""
     start = 0
     for member in batch:
         end = start + len(member.items)
@@ -203,16 +266,14 @@ async def _write_group(
         start = end
 
 
-async def _one_by_one(
-    backend: _Backend, sid: uuid.UUID, batch: list[_Member], write: Write
-) -> None:
+async def _one_by_one(backend: _Backend, batch: list[_Member]) -> None:
     """Write members alone, in order (a failed group's, or a lone one); each gets its own
     outcome. Each caller's own span already covers this write: it makes none of its own."""
     for member in batch:
         if member.future.done():  # cancelled meanwhile: the group stored nothing of it
             continue
         try:
-            stored = await write(sid, member.items, member.action, False)
+            stored = await member.write(member.sid, member.items, member.action, False)
         except Exception as error:
             _answer_error(member, error)
             continue

@@ -19,7 +19,7 @@ import mofa_persist
 from mofa_persist import BackendError, Message, NotFoundError, PersistenceError, Store, grouping
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Iterator
     from pathlib import Path
 
 TASKS = 20
@@ -250,3 +250,49 @@ async def test_a_large_queue_is_written_in_bounded_groups(store: Store) -> None:
     ]
     # The first call alone, then calls 1-3 and calls 4-5.
     assert len({message.created_at for message in history}) == 3
+
+
+async def test_appends_to_many_sessions_at_once(refusing_store: Store, tenant: uuid.UUID) -> None:
+    """Tasks appending to many sessions, through two views, among calls that must fail on
+    their own (a missing session, another view's session, a value the database refuses).
+    SQLite has one writer whatever the session: there, appends to different sessions share
+    transactions (writes.sqlite_write_sessions), each session's part in its own savepoint."""
+    store = refusing_store
+    view = store.scoped(tenant_id=tenant)
+    others = await store.scoped(tenant_id=uuid.uuid4()).create_session()
+    sessions = [await (view if n % 2 else store).create_session() for n in range(8)]
+    returned: dict[str, list[Message]] = {}
+    failures: dict[str, BaseException] = {}
+
+    async def task(writer: Store, sid: uuid.UUID, name: str) -> None:
+        mine = returned.setdefault(name, [])
+        for index in range(6):
+            mine.append(await writer.append_message(sid, "user", f"{name}-{index}"))
+
+    async def failing(name: str, call: Awaitable[Message]) -> None:
+        with pytest.raises(PersistenceError) as failed:
+            await call
+        failures[name] = failed.value
+
+    owner = {session.id: (view if n % 2 else store) for n, session in enumerate(sessions)}
+    await asyncio.gather(
+        *(task(owner[s.id], s.id, f"{s.id}-{n}") for s in sessions for n in range(3)),
+        failing("other view", view.append_message(others.id, "user", "not in this view")),
+        failing("missing", store.append_message(uuid.uuid4(), "user", "no such session")),
+        failing("refused", store.append_message(sessions[0].id, "user", POISON)),
+    )
+    assert isinstance(failures["other view"], NotFoundError)
+    assert isinstance(failures["missing"], NotFoundError)
+    refused = failures["refused"]
+    assert isinstance(refused, BackendError) and not refused.outcome_unknown, refused
+    assert await store.get_messages(others.id) == []
+    stamps: dict[object, set[uuid.UUID]] = {}
+    for session in sessions:
+        history = await store.get_messages(session.id)
+        mine = {name: got for name, got in returned.items() if name.startswith(str(session.id))}
+        _check_history(history, mine)
+        assert len(history) == 18
+        for message in history:
+            stamps.setdefault(message.created_at, set()).add(session.id)
+    if store.url.kind in ("sqlite", "memory"):
+        assert any(len(sids) > 1 for sids in stamps.values()), "no transaction spanned sessions"

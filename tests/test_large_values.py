@@ -346,14 +346,14 @@ async def test_mysql_packet_error_is_reported_as_too_large(
         pytest.skip(f"max_allowed_packet is {packet}: a 10 MB message always fits")
     session = await store.create_session()
     attempts = 0
-    mysql_write = writes.mysql_write  # the one-trip write (writes.lean_turn)
+    lean_write = writes.lean_write
 
     async def counted(*args: Any) -> Any:
         nonlocal attempts
         attempts += 1
-        return await mysql_write(*args)
+        return await lean_write(*args)
 
-    monkeypatch.setattr(writes, "mysql_write", counted)
+    monkeypatch.setattr(writes, "lean_write", counted)
     monkeypatch.setattr(sql, "FAST_CHARS", 10 * TEN_MB)
     with pytest.raises(InvalidInputError, match="max_allowed_packet") as refused:
         await store.append_message(session.id, "user", "\\" * TEN_MB)

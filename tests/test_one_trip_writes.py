@@ -9,11 +9,16 @@ The calls below run one after another, so they share the store's one pooled conn
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
+from sqlalchemy import update
 
-from mofa_persist import ConflictError, NotFoundError, Store
+import mofa_persist
+from mofa_persist import BackendError, ConflictError, NotFoundError, Store
+from mofa_persist.models import sessions_table as s_t
 
 
 async def test_unmatched_writes_store_nothing_after_matched_ones(store: Store) -> None:
@@ -54,3 +59,30 @@ async def test_unmatched_writes_store_nothing_after_matched_ones(store: Store) -
     stored = await mine.get_messages(session.id)
     assert [(m.seq, m.content) for m in stored] == [(1, "hi"), (2, "hello"), (3, "again")]
     assert (await store.get_session(session.id)).last_seq == 3
+
+
+async def test_a_write_that_gave_up_waiting_for_the_row_lock_never_lands(server_url: str) -> None:
+    """A write that meets the session's row locked by another transaction is redone in a
+    transaction that waits (writes.RedoInTransaction). When its call times out there, the
+    COMMIT was never sent: the error says the outcome is known, and releasing the lock later
+    must not let the write through (a statement left waiting in autocommit would commit)."""
+    store = await mofa_persist.connect(server_url, call_timeout=1.5)
+    try:
+        session = await store.create_session()
+        await store.append_message(session.id, "user", "before")
+        holder = await store.engine.connect()
+        transaction = await holder.begin()
+        await holder.execute(update(s_t).where(s_t.c.id == session.id).values(title="held"))
+        started = time.monotonic()
+        with pytest.raises(BackendError) as timed_out:
+            await store.append_message(session.id, "user", "gave up")
+        assert time.monotonic() - started < 5
+        assert not timed_out.value.outcome_unknown, timed_out.value
+        await transaction.rollback()
+        await holder.close()
+        waiter = asyncio.create_task(store.append_message(session.id, "user", "after"))
+        assert (await waiter).seq == 2  # the store carries on
+        await asyncio.sleep(0.5)
+        assert [m.content for m in await store.get_messages(session.id)] == ["before", "after"]
+    finally:
+        await store.close()

@@ -108,8 +108,23 @@ class StoreCore:
     ) -> list[Message]:
         """Messages only, no key, state or version check: shares a transaction with
         concurrent appends to the session when one is in flight (see :mod:`..grouping`)."""
+        backend = self._backend
+        # SQLite: one writer at a time whatever the session, so appends to any session share.
+        many = self._write_sessions if backend.one_hop_writes else None
         return await grouping.append(
-            self._backend, self._scope, sid, items, action, self._write_messages
+            backend, self._scope, sid, items, action, self._write_messages, many
+        )
+
+    async def _write_sessions(
+        self, parts: list[tuple[Scope, uuid.UUID, list[_NewMessage]]]
+    ) -> list[list[Message] | None]:
+        """The multi-session group write :func:`grouping.append` runs on SQLite."""
+        return await self._run(
+            functools.partial(writes.sqlite_write_sessions, self._backend, parts),
+            write=True,
+            action=grouping.GROUP_ACTION,
+            lean=True,
+            own_transaction=True,
         )
 
     async def _write_messages(
@@ -156,14 +171,25 @@ class StoreCore:
             # unknown (BackendError.outcome_unknown; an idempotency key makes the retry safe),
             # as a lost COMMIT would.
             write, own_transaction = writes.lean_turn(backend)
-            return await self._run(
-                functools.partial(write, backend, scope, sid, items, state, expected_version),
-                write=True,
-                action=action,
-                lean=True,
-                own_transaction=own_transaction,
-                span=span,
-            )
+            try:
+                return await self._run(
+                    functools.partial(write, backend, scope, sid, items, state, expected_version),
+                    write=True,
+                    action=action,
+                    lean=True,
+                    own_transaction=own_transaction,
+                    span=span,
+                )
+            except writes.RedoInTransaction:
+                return await self._run(
+                    functools.partial(
+                        writes.lean_write, backend, scope, sid, items, state, expected_version
+                    ),
+                    write=True,
+                    action=action,
+                    lean=True,
+                    span=span,
+                )
         return await self._run(
             functools.partial(
                 writes.core_write, backend, scope, sid, items, state, expected_version
