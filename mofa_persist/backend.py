@@ -17,7 +17,6 @@ from .models import sessions_table
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import AsyncIterator
 
     from sqlalchemy import Table
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -180,14 +179,21 @@ class _Backend:
             await replica.engine.dispose()
         await self.engine.dispose()
 
-    @contextlib.asynccontextmanager
-    async def turn(self, write: bool) -> AsyncIterator[None]:
+    def turn(self, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        """``async with backend.turn(write)``: the lock this unit of work takes, if any (the
+        lock itself, or a context that does nothing: no generator frame per call)."""
         lock = self._all_lock or (self._write_lock if write else None)
-        if lock is None:
-            yield
-            return
-        async with lock:
-            yield
+        return _NO_TURN if lock is None else lock
+
+
+class _NoTurn(contextlib.AbstractAsyncContextManager[None]):
+    """The turn of work that needs no lock."""
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+
+_NO_TURN = _NoTurn()
 
 
 def scope_shape(scope: Scope) -> tuple[str, ...]:

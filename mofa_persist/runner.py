@@ -87,7 +87,8 @@ async def run(
         attempt += 1
         progress = _Progress()
         engine = backend.engine if replica is None else replica.engine
-        bound = asyncio.timeout_at(_attempt_deadline(backend, deadline, replica, loop.time()))
+        when = _attempt_deadline(backend, deadline, replica, loop.time())
+        bound = _UNBOUNDED if when is None else asyncio.timeout_at(when)
         try:
             async with bound, backend.turn(write):
                 if lean and backend.pinned is not None:
@@ -193,7 +194,26 @@ async def run(
             ) from error
 
 
-def _reusable(error: Exception, bound: asyncio.Timeout) -> bool:
+class _Unbounded:
+    """An attempt with no deadline (SQLite, or no call_timeout): what ``asyncio.timeout_at(
+    None)`` does, which is nothing, without its per-call task and loop look-ups."""
+
+    __slots__ = ()
+
+    def expired(self) -> bool:
+        return False
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+
+_UNBOUNDED = _Unbounded()
+
+
+def _reusable(error: Exception, bound: asyncio.Timeout | _Unbounded) -> bool:
     """Whether the connection of a failed attempt may go back to the pool."""
     if bound.expired():
         return False

@@ -85,8 +85,66 @@ def _records(
     return records
 
 
+# -- values that repeat from read to read
+#
+# An agent reads its newest messages again on every turn, and a page of sessions repeats its
+# owners' ids: most ids, timestamps and small documents of a read were converted by an earlier
+# one. Each cache maps a column's text to its converted value, bounded (emptied when full), so
+# a read converts only what it has not seen lately. UUIDs and datetimes are immutable and are
+# shared; a document is shared only by its cached template, and every read gets its own copy
+# (a flat dict of immutable scalars, so a shallow copy is a whole one).
+
+#: Entries of the UUID and datetime caches: about 200 bytes each (key text and value).
+CACHE_SIZE = 2048
+#: Entries of the document cache, whose documents are at most CACHED_DOCUMENT_CHARS of JSON
+#: text (longer ones are not cached): a few KiB each at worst, about 1.5 MiB in all.
+DOCUMENT_CACHE_SIZE = 512
+CACHED_DOCUMENT_CHARS = 512
+#: Reads of more rows than this (exports, whole histories) neither use nor fill the caches:
+#: they seldom repeat, and would evict what does.
+CACHED_READ_ROWS = 256
+_uuid_cache: dict[Any, uuid.UUID] = {}
+_time_cache: dict[Any, datetime] = {}
+_document_cache: dict[str, dict[str, Any]] = {}
+_uuid_get = _uuid_cache.get
+_time_get = _time_cache.get
+_document_get = _document_cache.get
+_copy_dict = dict.copy
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _remember(
+    cache: dict[Any, Any], keys: Iterable[Any], values: Iterable[Any], size: int = CACHE_SIZE
+) -> None:
+    """Add ``keys`` -> ``values`` to ``cache``, emptied first once it holds ``size`` entries
+    (one read adds at most its own rows beyond that)."""
+    if len(cache) >= size:
+        cache.clear()
+    cache.update(zip(keys, values, strict=True))
+
+
+def _flat(document: dict[str, Any]) -> bool:
+    """Whether ``document`` holds only immutable scalars (a shallow copy is a deep one)."""
+    for value in document.values():
+        kind = type(value)
+        if kind not in _SCALARS and not (kind is float and value - value == 0.0):
+            return False  # a container, or a float that is not finite (NaN, infinity)
+    return True
+
+
 def hex_uuids(column: Sequence[Any]) -> list[uuid.UUID]:
-    """:func:`uuid_from_hex` of each value, a column at a time."""
+    """:func:`uuid_from_hex` of each value, a column at a time (cached, see CACHE_SIZE)."""
+    if len(column) > CACHED_READ_ROWS:
+        return _hex_uuids(column)
+    found = list(map(_uuid_get, column))
+    if all(found):  # a UUID is always true
+        return found  # type: ignore[return-value]
+    values = _hex_uuids(column)
+    _remember(_uuid_cache, column, values)
+    return values
+
+
+def _hex_uuids(column: Sequence[Any]) -> list[uuid.UUID]:
     n = len(column)
     if set(map(len, column)) != {32}:
         return [uuid_from_hex(value) for value in column]
@@ -97,21 +155,40 @@ def hex_uuids(column: Sequence[Any]) -> list[uuid.UUID]:
 
 
 def documents(column: Sequence[Any]) -> list[dict[str, Any]]:
-    """:func:`document` of each value, a column at a time."""
+    """:func:`document` of each value, a column at a time; each a dict of its own."""
     kinds = set(map(type, column))
     if kinds == {dict}:
         return list(column)  # decoded for these rows by the driver's codec (asyncpg)
-    if kinds == {str}:
-        n = len(column)
-        try:
-            scanned = list(map(_scan_json, column, repeat(0, n)))
-        except (StopIteration, ValueError):
-            scanned = []
-        # A StopIteration inside map ends the list early: the length check catches that too.
-        if len(scanned) == n:
-            values, ends = zip(*scanned, strict=True) if n else ((), ())
-            if list(ends) == list(map(len, column)) and set(map(type, values)) <= {dict}:
-                return list(values)
+    if kinds != {str}:
+        return [document(value) for value in column]
+    if len(column) > CACHED_READ_ROWS:
+        return _documents(column)
+    found = list(map(_document_get, column))
+    if None not in found:  # every value was cached
+        return list(map(_copy_dict, found))  # type: ignore[arg-type]
+    values = _documents(column)
+    fresh = {
+        text: _copy_dict(value)
+        for text, value in zip(column, values, strict=True)
+        if len(text) <= CACHED_DOCUMENT_CHARS and _flat(value)
+    }
+    if fresh:
+        _remember(_document_cache, fresh.keys(), fresh.values(), DOCUMENT_CACHE_SIZE)
+    return values
+
+
+def _documents(column: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`document` of each JSON text, scanned a column at a time."""
+    n = len(column)
+    try:
+        scanned = list(map(_scan_json, column, repeat(0, n)))
+    except (StopIteration, ValueError):
+        scanned = []
+    # A StopIteration inside map ends the list early: the length check catches that too.
+    if len(scanned) == n:
+        values, ends = zip(*scanned, strict=True) if n else ((), ())
+        if list(ends) == list(map(len, column)) and set(map(type, values)) <= {dict}:
+            return list(values)
     return [document(value) for value in column]
 
 
@@ -396,12 +473,18 @@ class Lane:
         return hex_uuids(column)
 
     def times(self, column: Sequence[Any]) -> list[datetime]:
-        """:meth:`time_out` of each value."""
+        """:meth:`time_out` of each value (cached, see CACHE_SIZE)."""
         n = len(column)
+        found = list(map(_time_get, column)) if n <= CACHED_READ_ROWS else [None]
+        if all(found):  # a datetime is always true
+            return found  # type: ignore[return-value]
         try:
-            return list(map(_from_iso, map(str.__add__, column, repeat(_UTC_SUFFIX, n))))
+            values = list(map(_from_iso, map(str.__add__, column, repeat(_UTC_SUFFIX, n))))
         except (TypeError, ValueError):
             return [self.time_out(value) for value in column]
+        if n <= CACHED_READ_ROWS:
+            _remember(_time_cache, column, values)
+        return values
 
     def sessions(self, rows: Sequence[Sequence[Any]]) -> list[Session]:
         if not rows:

@@ -202,7 +202,10 @@ class SessionsApi(StoreCore):
         assert page_size is not None
         # What a cursor is bound to: this view and these filters (see mofa_persist.cursor).
         binding = f"list_sessions|{self._scope.describe()}|{','.join(asked)}"
-        key = await database_key(self) if cursor is not None or page_size > 0 else b""
+        # The key is cached on the backend after the first call: no coroutine then.
+        key = self._backend.key
+        if key is None:
+            key = await database_key(self) if cursor is not None or page_size > 0 else b""
         if cursor is not None:
             after_updated, after_id = decode_cursor(key, binding, cursor)
             stamp = lane.time_in(after_updated)
