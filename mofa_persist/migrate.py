@@ -49,7 +49,7 @@ def include_name(name: str | None, type_: str, _parents: object) -> bool:
     to drop them."""
     if (type_, name) in (("table", LOCK_TABLE), ("column", "search_vector")):
         return False
-    # The full-text search objects of migration 0008 are per-dialect DDL, not models.
+    # The full-text search objects of migrations 0008 and 0009 are per-dialect DDL, not models.
     return not (name or "").startswith(("messages_search", "ix_messages_search"))
 
 

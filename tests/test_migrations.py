@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 REPO = Path(__file__).resolve().parent.parent
 DIALECTS = [name for name in selected_backends() if name != "memory"]
@@ -246,11 +247,39 @@ def test_installed_wheel_migrates_from_outside_the_repository(tmp_path: Path) ->
     assert (outside / "wheel.db").is_file()
 
 
+def search_revision(url: str) -> str:
+    """The revision search needs: 0008 made the indexes; on SQLite 0009's map holds the
+    created_at the matches are sorted by."""
+    return "0009" if parse_url(url).kind in ("sqlite", "memory") else "0008"
+
+
+async def search_layout(engine: AsyncEngine) -> tuple[list[tuple[object, ...]], ...]:
+    """SQLite: the search objects as the schema has them, and the rowid map's rows (its ids
+    are the FTS5 rowids). Empty elsewhere (0009 changes no objects there)."""
+    if engine.dialect.name != "sqlite":
+        return [], []
+    async with engine.connect() as conn:
+        objects = await conn.exec_driver_sql(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master"
+            " WHERE name LIKE 'messages\\_search%' ESCAPE '\\'"
+            " OR name LIKE 'sqlite\\_autoindex\\_messages\\_search%' ESCAPE '\\'"
+            " ORDER BY name"
+        )
+        layout = [tuple(row) for row in objects]
+        ids = await conn.exec_driver_sql(
+            "SELECT id, message_id FROM messages_search_map ORDER BY id"
+        )
+        return layout, [tuple(row) for row in ids]
+
+
 async def test_search_index_builds_on_a_populated_database_and_downgrades(fresh_url: str) -> None:
     """Messages written before migration 0008 are found after it; before it (and after
-    downgrading it) search is a typed error naming the revision, never a driver error."""
+    downgrading it) search is a typed error naming the revision, never a driver error. One
+    step down (0008) search works on PostgreSQL and MySQL and is that typed error on SQLite,
+    whose search needs 0009; writes work at every revision."""
     from mofa_persist.migrate import downgrade, upgrade
 
+    needed = f"revision {search_revision(fresh_url)}"
     engine = create_engine(parse_url(fresh_url), use_null_pool=True, enforce_foreign_keys=False)
     try:
         await upgrade(engine, "0007")
@@ -263,7 +292,7 @@ async def test_search_index_builds_on_a_populated_database_and_downgrades(fresh_
                     for number in range(48200, 48230)
                 ],
             )
-            with pytest.raises(mofa_persist.BackendError, match="revision 0008"):
+            with pytest.raises(mofa_persist.BackendError, match=needed):
                 await store.search_messages("order")
         await upgrade(engine, "head")
         async with await mofa_persist.connect(fresh_url, migrate=False) as store:
@@ -276,9 +305,19 @@ async def test_search_index_builds_on_a_populated_database_and_downgrades(fresh_
         assert (revision, diff) == (head_revision(), [])
         await downgrade(engine, "-1")
         _, revision, diff = await inspect_db(fresh_url)
+        assert (revision, diff) == ("0008", [])
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            if needed == "revision 0009":
+                with pytest.raises(mofa_persist.BackendError, match=needed):
+                    await store.search_messages("order")
+            else:
+                assert len((await store.search_messages("order", limit=100)).items) == 31
+            await store.append_message(session.id, "user", "order 77777 at 0008")
+        await downgrade(engine, "-1")
+        _, revision, diff = await inspect_db(fresh_url)
         assert revision == "0007"
         async with await mofa_persist.connect(fresh_url, migrate=False) as store:
-            with pytest.raises(mofa_persist.BackendError, match="revision 0008"):
+            with pytest.raises(mofa_persist.BackendError, match=needed):
                 await store.search_messages("order")
             # Writes still work without the index (no trigger or index left behind).
             await store.append_message(session.id, "user", "order 12345 after the downgrade")
@@ -286,5 +325,74 @@ async def test_search_index_builds_on_a_populated_database_and_downgrades(fresh_
         await upgrade(engine, "head")
         async with await mofa_persist.connect(fresh_url, migrate=False) as store:
             assert (await store.search_messages("order")).items == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_database_populated_at_0008_is_searched_after_0009_and_back(
+    fresh_url: str,
+) -> None:
+    """A database that ran migration 0008 as it landed (SQLite: a rowid map without
+    created_at) and was written to there, deletes included: after 0009 its messages are
+    found, in order, with the map's ids (the FTS5 rowids) unchanged and each row holding its
+    message's created_at; downgrading to 0008 gives back that revision's exact layout and
+    ids, and what is written there is found after upgrading again."""
+    from mofa_persist.migrate import downgrade, upgrade
+
+    engine = create_engine(parse_url(fresh_url), use_null_pool=True, enforce_foreign_keys=False)
+    try:
+        await upgrade(engine, "0008")
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            gone = await store.create_session(title="deleted at 0008")
+            await store.append_messages(
+                gone.id, [{"role": "user", "content": f"kumquat gone {n}"} for n in range(5)]
+            )
+            kept = await store.create_session(title="kept")
+            old = await store.append_messages(
+                kept.id,
+                [{"role": "user", "content": f"kumquat {n} заказ_{n}"} for n in range(12)],
+            )
+            await store.append_message(kept.id, "user", "kumquat popped")
+            await store.pop_message(kept.id)
+            await store.delete_session(gone.id)
+        layout_0008, ids_0008 = await search_layout(engine)
+        await upgrade(engine, "0009")
+        _, revision, diff = await inspect_db(fresh_url)
+        assert (revision, diff) == ("0009", [])
+        layout, ids = await search_layout(engine)
+        assert ids == ids_0008
+        if engine.dialect.name == "sqlite":
+            assert len(ids) == 12
+            assert any("created_at" in str(row[3]) for row in layout)
+            async with engine.connect() as conn:
+                rows = await conn.exec_driver_sql(
+                    "SELECT count(*), sum(k.created_at = m.created_at) FROM messages_search_map k"
+                    " JOIN messages m ON m.id = k.message_id"
+                )
+                assert tuple(rows.one()) == (12, 12)
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            hits = (await store.search_messages("kumquat", limit=100)).items
+            assert sorted(hit.message.seq for hit in hits) == [m.seq for m in old]
+            assert [h.message.seq for h in (await store.search_messages("заказ_7")).items] == [8]
+            assert (await store.search_messages("gone")).items == []
+            assert (await store.search_messages("popped")).items == []
+            await store.append_message(kept.id, "user", "kumquat at 0009")
+            assert len((await store.search_messages("kumquat", limit=100)).items) == 13
+        await downgrade(engine, "0008")
+        _, revision, diff = await inspect_db(fresh_url)
+        assert (revision, diff) == ("0008", [])
+        layout, ids = await search_layout(engine)
+        assert layout == layout_0008
+        assert ids[:12] == ids_0008
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            await store.append_message(kept.id, "user", "kumquat back at 0008")
+        await upgrade(engine, "head")
+        async with await mofa_persist.connect(fresh_url, migrate=False) as store:
+            hits = (await store.search_messages("kumquat", limit=100)).items
+            assert sorted(hit.message.content for hit in hits) == sorted(
+                [m.content for m in old] + ["kumquat at 0009", "kumquat back at 0008"]
+            )
+            found = (await store.search_messages("back")).items
+            assert [hit.message.content for hit in found] == ["kumquat back at 0008"]
     finally:
         await engine.dispose()

@@ -11,14 +11,11 @@ Create Date: 2026-12-03
   parsing every matching message again (50x faster for a word in every message). Only the
   first 100,000 characters are indexed (a tsvector holds at most 1 MB); longer messages
   are found through a small partial index and checked exactly. Adding the column rewrites
-  the table once; the table is analyzed after.
+  the table once.
 - MySQL/MariaDB: an InnoDB FULLTEXT index on the content.
 - SQLite (and memory): a contentless FTS5 table keyed by a rowid map (a table whose rowid
   is stable, unlike the implicit rowid of ``messages``), kept in step by triggers, so every
-  write path, cascade and delete updates it in the same transaction. The map also holds the
-  message's ``created_at``: every match is sorted by (rank, created_at, id) from the FTS5
-  table and the map alone, and ``messages`` is read for one page (a mid word in 1M
-  messages: thousands of look-ups in ``messages`` that no page cache holds).
+  write path, cascade and delete updates it in the same transaction.
 
 The objects are named ``messages_search*`` / ``ix_messages_search*`` / ``search_vector``;
 the schema comparison skips them (``mofa_persist.migrate.include_name``): they are not models.
@@ -43,14 +40,14 @@ PG_VECTOR = (
 
 _SQLITE_UP = [
     "CREATE TABLE messages_search_map ("
-    " id INTEGER PRIMARY KEY, message_id CHAR(32) NOT NULL UNIQUE, created_at DATETIME NOT NULL)",
+    " id INTEGER PRIMARY KEY, message_id CHAR(32) NOT NULL UNIQUE)",
     "CREATE VIRTUAL TABLE messages_search USING fts5("
     " content, content='', tokenize=\"unicode61 remove_diacritics 0 tokenchars '_'\")",
-    "INSERT INTO messages_search_map (message_id, created_at) SELECT id, created_at FROM messages",
+    "INSERT INTO messages_search_map (message_id) SELECT id FROM messages",
     "INSERT INTO messages_search (rowid, content)"
     " SELECT k.id, m.content FROM messages_search_map k JOIN messages m ON m.id = k.message_id",
     "CREATE TRIGGER messages_search_insert AFTER INSERT ON messages BEGIN"
-    " INSERT INTO messages_search_map (message_id, created_at) VALUES (new.id, new.created_at);"
+    " INSERT INTO messages_search_map (message_id) VALUES (new.id);"
     " INSERT INTO messages_search (rowid, content) VALUES (last_insert_rowid(), new.content);"
     " END",
     "CREATE TRIGGER messages_search_delete AFTER DELETE ON messages BEGIN"
@@ -64,12 +61,8 @@ _SQLITE_UP = [
     " INSERT INTO messages_search (rowid, content)"
     " SELECT id, new.content FROM messages_search_map WHERE message_id = new.id;"
     " END",
-    "CREATE TRIGGER messages_search_moved AFTER UPDATE OF created_at ON messages BEGIN"
-    " UPDATE messages_search_map SET created_at = new.created_at WHERE message_id = new.id;"
-    " END",
 ]
 _SQLITE_DOWN = [
-    "DROP TRIGGER IF EXISTS messages_search_moved",
     "DROP TRIGGER IF EXISTS messages_search_update",
     "DROP TRIGGER IF EXISTS messages_search_delete",
     "DROP TRIGGER IF EXISTS messages_search_insert",
@@ -90,9 +83,6 @@ def upgrade() -> None:
             "CREATE INDEX ix_messages_search_long ON messages (session_id)"
             " WHERE length(content) > 100000"
         )
-        # Statistics for the new column now, not when autovacuum gets to it: without them
-        # the planner guesses 500 matches for every word.
-        op.execute("ANALYZE messages")
     elif dialect in ("mysql", "mariadb"):
         op.execute("ALTER TABLE messages ADD FULLTEXT INDEX ix_messages_search (content)")
     else:

@@ -60,8 +60,10 @@ MAX_HITS = 500
 MAX_BATCH = 5000
 #: SQLite/memory: from how many matches the best are ranked in a window (see _fts_ranked).
 WINDOW_FROM = 10_000
-#: The revision that creates the search indexes.
+#: The revision that creates the search indexes (PostgreSQL, MySQL).
 SEARCH_REVISION = "0008"
+#: SQLite/memory: the revision whose rowid map holds created_at (what the search sorts by).
+SQLITE_SEARCH_REVISION = "0009"
 #: Migration 0008's stored tsvector column (PostgreSQL), GIN-indexed.
 _PG_VECTOR = "messages.search_vector"
 _PG_LONG = "length(messages.content) > 100000"
@@ -229,7 +231,8 @@ class SearchApi(StoreCore):
         return await self._run(work, write=False, action="search messages", stale_ok=sid is None)
 
     async def _search_ready(self) -> _Ready:
-        """That the search index exists (migration 0008), learnt once per database."""
+        """That the search index exists (migration 0008; on SQLite the map of 0009), learnt
+        once per database."""
         backend = self._backend
         known = _READY.get(backend)
         if known is not None:
@@ -247,15 +250,19 @@ class SearchApi(StoreCore):
                 " AND index_name = 'ix_messages_search'"
             )
         else:
+            # Migration 0008's objects, and 0009's map column and trigger: at 0008 the map
+            # has no created_at to sort by.
             probe = text(
-                "SELECT count(*) FROM sqlite_master WHERE name IN "
+                "SELECT (SELECT count(*) FROM sqlite_master WHERE name IN "
                 "('messages_search', 'messages_search_map', 'messages_search_insert', "
-                "'messages_search_delete', 'messages_search_moved')"
+                "'messages_search_delete', 'messages_search_update', 'messages_search_moved'))"
+                " + (SELECT count(*) FROM pragma_table_info('messages_search_map')"
+                " WHERE name = 'created_at')"
             )
 
         async def work(conn: AsyncConnection) -> _Ready | None:
             found = int((await conn.execute(probe)).scalar_one())
-            if found != (5 if kind in ("sqlite", "memory") else 1):
+            if found != (7 if kind in ("sqlite", "memory") else 1):
                 return None
             if kind != "mysql":
                 return _Ready()
@@ -266,9 +273,10 @@ class SearchApi(StoreCore):
         ready = await self._run(work, write=False, action="check the search index")
         if ready is None:
             url = backend.url
+            needed = SQLITE_SEARCH_REVISION if kind in ("sqlite", "memory") else SEARCH_REVISION
             raise BackendError(
-                f"the {url.kind} database at {url.host}/{url.database} has no search index: "
-                f"search needs schema revision {SEARCH_REVISION} or newer "
+                f"the {url.kind} database at {url.host}/{url.database} has no search index, or"
+                f" an older one: search needs schema revision {needed} or newer "
                 "(run `mofa-persist upgrade`, or connect with migrate=True)",
                 host=url.host,
                 database=url.database,
