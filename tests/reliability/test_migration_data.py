@@ -299,13 +299,30 @@ async def write_0008(store: mofa_persist.Store, facts: Facts) -> None:
     view = store.scoped(tenant_id=SEARCH_TENANT)
     session = await view.create_session(title="search ✓")
     message = await view.append_message(session.id, "user", "Где мой заказ kumquat_42? ΔΡΟΜΟΣ.")
-    facts.setdefault("0008", {"messages": []})["messages"].append(message.id)
+    fact = facts.setdefault("0008", {"session": session.id, "messages": []})
+    fact["messages"].append(message.id)
 
 
 async def check_0008(store: mofa_persist.Store, facts: Facts) -> None:
+    # Searched by check_0009: on SQLite search needs revision 0009's rowid map.
+    fact = facts["0008"]
+    view = store.scoped(tenant_id=SEARCH_TENANT)
+    messages = await view.get_messages(fact["session"])
+    assert {message.id for message in messages} >= set(fact["messages"])
+
+
+async def write_0009(store: mofa_persist.Store, facts: Facts) -> None:
+    view = store.scoped(tenant_id=SEARCH_TENANT)
+    session = await view.create_session(title="search at 0009")
+    message = await view.append_message(session.id, "user", "kumquat_42, δρομος again")
+    facts.setdefault("0009", {"messages": []})["messages"].append(message.id)
+
+
+async def check_0009(store: mofa_persist.Store, facts: Facts) -> None:
     view = store.scoped(tenant_id=SEARCH_TENANT)
     hits = (await view.search_messages("kumquat_42 δρομος", limit=100)).items
-    assert {hit.message.id for hit in hits} == set(facts["0008"]["messages"])
+    expected = set(facts["0008"]["messages"]) | set(facts.get("0009", {}).get("messages", []))
+    assert {hit.message.id for hit in hits} == expected
     # Messages written before the index existed are in it too.
     old = store.scoped(tenant_id=facts["0001"]["tenant"])
     found = (await old.search_messages("HÉLLO")).items
@@ -321,6 +338,7 @@ WRITERS: dict[str, tuple[Callable[[mofa_persist.Store, Facts], Awaitable[None]],
     "0006": (write_0006, check_0006),
     "0007": (write_0007, check_0007),
     "0008": (write_0008, check_0008),
+    "0009": (write_0009, check_0009),
 }
 
 
