@@ -296,6 +296,12 @@ async def _attempt_lean(
     # leaves nothing behind (and one refused member of a group must not look uncertain).
     progress.committing = write and not transactional and not backend.is_sqlite
     try:
+        if progress.committing and lane.closed(db):
+            # The server closed this pooled connection while it sat idle (a restart, a
+            # terminated backend): nothing was sent on it, so this is a lost connection
+            # before anything could commit, retried on a fresh one, not an unknown outcome.
+            progress.committing = False
+            raise ConnectionResetError("the server closed this pooled connection")
         if transactional:
             await lane.begin(db, write)
         try:

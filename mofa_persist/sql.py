@@ -553,6 +553,10 @@ class Lane:
     ) -> tuple[int, int] | None:
         raise NotImplementedError("packed bumps are MySQL's (no UPDATE ... RETURNING)")
 
+    def closed(self, db: Any) -> bool:
+        """Whether the driver already knows ``db`` was closed by the server (before any use)."""
+        return False
+
     async def begin(self, db: Any, write: bool) -> None:
         # BEGIN IMMEDIATE takes the write lock up front (see engine._configure_sqlite).
         await db.execute_fetchall("BEGIN IMMEDIATE" if write else "BEGIN", ())
@@ -698,6 +702,10 @@ class PgLane(Lane):
 
     async def execute_many(self, db: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await db.executemany(sql, rows)
+
+    def closed(self, db: Any) -> bool:
+        # asyncpg reads its socket all the time: a connection the server closed is known.
+        return bool(db.is_closed())
 
     async def begin(self, db: Any, write: bool) -> None:
         await db.execute("BEGIN")
