@@ -133,15 +133,12 @@ async def lean_write(
 ) -> tuple[list[Message], AgentState | None]:
     """:meth:`Store._write_turn` in driver-level SQL: bump, insert the messages, insert the state
     (PostgreSQL: all three in one statement, see :func:`pg_write`)."""
+    if backend.one_statement:
+        return await pg_turn(backend, scope, sid, items, state, expected_version, db)
     lane = backend.lane
     now = _now()
     ids = [uuid7() for _ in items]
     state_id = uuid7()
-    if backend.one_statement:
-        pg_counters = await pg_write(
-            backend, scope, db, sid, items, ids, state, state_id, expected_version, now
-        )
-        return _turn_records(sid, items, ids, state, state_id, pg_counters, now)
     counters: tuple[int, int] | None
     packed = not backend.update_returning  # MySQL/MariaDB: see sql.bump_sql
     # MySQL: a row too large for one packet is planned before the bump, so a value that
@@ -245,19 +242,34 @@ async def pg_one_trip(
     expected_version: int | None,
     db: Any,
 ) -> tuple[list[Message], AgentState | None]:
-    """:func:`pg_write` in autocommit, its row lock taken with NOWAIT (see :func:`lean_turn`)."""
-    now = _now()
-    ids = [uuid7() for _ in items]
-    state_id = uuid7()
+    """:func:`pg_turn` in autocommit, its row lock taken with NOWAIT (see :func:`lean_turn`)."""
     try:
-        counters = await pg_write(
-            backend, scope, db, sid, items, ids, state, state_id, expected_version, now,
-            nowait=True,
-        )  # fmt: skip
+        return await pg_turn(backend, scope, sid, items, state, expected_version, db, nowait=True)
     except Exception as error:
         if getattr(error, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE:
             raise RedoInTransaction from error
         raise
+
+
+async def pg_turn(
+    backend: _Backend,
+    scope: Scope,
+    sid: uuid.UUID,
+    items: Sequence[_NewMessage],
+    state: EncodedJSON | None,
+    expected_version: int | None,
+    db: Any,
+    *,
+    nowait: bool = False,
+) -> tuple[list[Message], AgentState | None]:
+    """A turn on PostgreSQL as the one statement of :func:`pg_write`, and its records."""
+    now = _now()
+    ids = [uuid7() for _ in items]
+    state_id = uuid7()
+    counters = await pg_write(
+        backend, scope, db, sid, items, ids, state, state_id, expected_version, now,
+        nowait=nowait,
+    )  # fmt: skip
     return _turn_records(sid, items, ids, state, state_id, counters, now)
 
 

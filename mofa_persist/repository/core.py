@@ -171,25 +171,12 @@ class StoreCore:
             # unknown (BackendError.outcome_unknown; an idempotency key makes the retry safe),
             # as a lost COMMIT would.
             write, own_transaction = writes.lean_turn(backend)
+            args = (backend, scope, sid, items, state, expected_version)
+            run = functools.partial(self._run, write=True, action=action, lean=True, span=span)
             try:
-                return await self._run(
-                    functools.partial(write, backend, scope, sid, items, state, expected_version),
-                    write=True,
-                    action=action,
-                    lean=True,
-                    own_transaction=own_transaction,
-                    span=span,
-                )
+                return await run(functools.partial(write, *args), own_transaction=own_transaction)
             except writes.RedoInTransaction:
-                return await self._run(
-                    functools.partial(
-                        writes.lean_write, backend, scope, sid, items, state, expected_version
-                    ),
-                    write=True,
-                    action=action,
-                    lean=True,
-                    span=span,
-                )
+                return await run(functools.partial(writes.lean_write, *args))
         return await self._run(
             functools.partial(
                 writes.core_write, backend, scope, sid, items, state, expected_version
