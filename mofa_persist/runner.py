@@ -307,6 +307,8 @@ async def _attempt_lean(
         try:
             result = await work(db)
         except BaseException as error:
+            if progress.committing and lane.unsent(error):
+                progress.committing = False  # the driver refused to send: nothing can commit
             # After a cancellation or timeout run drops a server connection instead.
             if transactional and (isinstance(error, Exception) or backend.is_sqlite):
                 try:

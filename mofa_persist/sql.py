@@ -557,6 +557,10 @@ class Lane:
         """Whether the driver already knows ``db`` was closed by the server (before any use)."""
         return False
 
+    def unsent(self, error: BaseException) -> bool:
+        """Whether ``error`` says the driver refused to send the statement at all."""
+        return False
+
     async def begin(self, db: Any, write: bool) -> None:
         # BEGIN IMMEDIATE takes the write lock up front (see engine._configure_sqlite).
         await db.execute_fetchall("BEGIN IMMEDIATE" if write else "BEGIN", ())
@@ -706,6 +710,15 @@ class PgLane(Lane):
     def closed(self, db: Any) -> bool:
         # asyncpg reads its socket all the time: a connection the server closed is known.
         return bool(db.is_closed())
+
+    def unsent(self, error: BaseException) -> bool:
+        # asyncpg refuses to start an operation while its protocol is not idle, before it
+        # writes anything: how a connection shows whose server has just sent its goodbye
+        # (FATAL, e.g. a terminated backend) when asyncpg has not yet seen the close. asyncpg
+        # gives this no code, only InternalClientError and this text.
+        return type(error).__name__ == "InternalClientError" and str(error).startswith(
+            "cannot switch to state"
+        )
 
     async def begin(self, db: Any, write: bool) -> None:
         await db.execute("BEGIN")

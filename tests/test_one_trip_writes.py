@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import update
 
 import mofa_persist
-from mofa_persist import BackendError, ConflictError, NotFoundError, Store
+from mofa_persist import BackendError, ConflictError, NotFoundError, Store, writes
 from mofa_persist.models import sessions_table as s_t
+from mofa_persist.urls import parse_url
 
 
 async def test_unmatched_writes_store_nothing_after_matched_ones(store: Store) -> None:
@@ -84,5 +86,38 @@ async def test_a_write_that_gave_up_waiting_for_the_row_lock_never_lands(server_
         assert (await waiter).seq == 2  # the store carries on
         await asyncio.sleep(0.5)
         assert [m.content for m in await store.get_messages(session.id)] == ["before", "after"]
+    finally:
+        await store.close()
+
+
+async def test_a_write_the_driver_refused_to_send_is_retried(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg refuses to start a statement while its protocol is busy with a goodbye the
+    server just sent (a terminated connection it has not seen close yet). Nothing was sent,
+    so the one-trip write is retried on a fresh connection, not reported as uncertain."""
+    if parse_url(server_url).kind != "postgresql":
+        pytest.skip("asyncpg's refusal; MySQL writes are not one trip")
+    from asyncpg.exceptions import InternalClientError
+
+    store = await mofa_persist.connect(server_url)
+    try:
+        session = await store.create_session()
+        refused = 0
+        pg_turn = writes.pg_turn
+
+        async def refuse_once(*args: Any, **kwargs: Any) -> Any:
+            nonlocal refused
+            if not refused:
+                refused += 1
+                raise InternalClientError(
+                    "cannot switch to state 12; another operation (2) is in progress"
+                )
+            return await pg_turn(*args, **kwargs)
+
+        monkeypatch.setattr(writes, "pg_turn", refuse_once)
+        stored = await store.append_message(session.id, "user", "once")
+        assert refused == 1 and stored.seq == 1
+        assert [m.content for m in await store.get_messages(session.id)] == ["once"]
     finally:
         await store.close()
