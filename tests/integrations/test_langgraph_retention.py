@@ -75,7 +75,8 @@ async def rows(store: mofa_persist.Store, thread: str, view: mofa_persist.Store)
     found: dict[str, Any] = {}
     async with store.engine.connect() as conn:
         for name, table in TABLES.items():
-            result = await conn.execute(select(table).where(table.c.session_id == session.id))
+            chosen = select(table).where(table.c.session_id == session.id)
+            result = await conn.execute(chosen.order_by(table.c.id))  # one order on every run
             found[name] = [dict(row) for row in result.mappings()]
     return found
 
