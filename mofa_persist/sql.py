@@ -18,6 +18,7 @@ import functools
 import json
 import json.decoder
 import json.scanner
+import sqlite3
 import uuid
 import weakref
 from datetime import UTC, datetime
@@ -29,8 +30,12 @@ from .records import Message, Session
 from .validate import decode_document
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    #: A message row of an SQLite write: (id, session, role, content, metadata, created_at).
+    SqliteRow = tuple[Any, Any, str, str, str, Any]
+    #: One session's part of a group: its bump statement and parameters, its message rows.
+    SqliteJob = tuple[str, Sequence[Any], Sequence[SqliteRow]]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -757,7 +762,7 @@ def sqlite_write(
     conn: sqlite3.Connection,
     bump: str,
     bump_params: Sequence[Any],
-    messages: Sequence[tuple[Any, Any, str, str, str, Any]],
+    messages: Sequence[SqliteRow],
     state: tuple[Any, Any, str, Any] | None,
 ) -> tuple[int, int] | None:
     """A whole turn on SQLite, in the worker thread: BEGIN IMMEDIATE, bump, inserts, COMMIT.
@@ -768,25 +773,67 @@ def sqlite_write(
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        counters = conn.execute(bump, bump_params).fetchall()
-        if not counters:
+        counters = _sqlite_turn(conn, bump, bump_params, messages, state)
+        if counters is None:
             conn.rollback()
             return None
-        last_seq, version = int(counters[0][0]), int(counters[0][1])
-        first = last_seq - len(messages) + 1
-        if messages:
-            conn.executemany(
-                insert_message_sql("?"),
-                [(m[0], m[1], first + i, m[2], m[3], m[4], m[5]) for i, m in enumerate(messages)],
-            )
-        if state is not None:
-            conn.execute(
-                insert_state_sql("?"), (state[0], state[1], version, state[2], state[3], last_seq)
-            )
         conn.commit()
     except BaseException:
         conn.rollback()
         raise
+    return counters
+
+
+def sqlite_write_parts(
+    conn: sqlite3.Connection, jobs: Sequence[SqliteJob]
+) -> list[tuple[int, int] | None]:
+    """Plain appends to several sessions (bump, messages) in ONE transaction, in the worker
+    thread: BEGIN IMMEDIATE, each job in a savepoint of its own, COMMIT. A job whose bump
+    matched no row or whose statements failed is rolled back to its savepoint (``None``);
+    the others commit."""
+    found: list[tuple[int, int] | None] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for bump, params, rows in jobs:
+            conn.execute("SAVEPOINT part")
+            try:
+                counters = _sqlite_turn(conn, bump, params, rows, None)
+            except sqlite3.DatabaseError:
+                counters = None
+            if counters is None:
+                conn.execute("ROLLBACK TO part")
+            conn.execute("RELEASE part")
+            found.append(counters)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return found
+
+
+def _sqlite_turn(
+    conn: sqlite3.Connection,
+    bump: str,
+    bump_params: Sequence[Any],
+    messages: Sequence[SqliteRow],
+    state: tuple[Any, Any, str, Any] | None,
+) -> tuple[int, int] | None:
+    """Bump, then insert with the numbers it reserved, inside the caller's transaction; the
+    new counters, or ``None`` (nothing written) when the bump matched no session."""
+    counters = conn.execute(bump, bump_params).fetchall()
+    if not counters:
+        return None
+    last_seq, version = int(counters[0][0]), int(counters[0][1])
+    first = last_seq - len(messages) + 1
+    if messages:
+        conn.executemany(
+            insert_message_sql("?"),
+            [(m[0], m[1], first + i, m[2], m[3], m[4], m[5]) for i, m in enumerate(messages)],
+        )
+    if state is not None:
+        conn.execute(
+            insert_state_sql("?"), (state[0], state[1], version, state[2], state[3], last_seq)
+        )
     return last_seq, version
 
 

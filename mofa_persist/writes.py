@@ -13,7 +13,6 @@ On MySQL a row too large for one max_allowed_packet once escaped is written in p
 from __future__ import annotations
 
 import functools
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -487,7 +486,7 @@ async def sqlite_write_sessions(
     lane = backend.lane
     now = _now()
     stamp = lane.time_in(now)
-    jobs = []
+    jobs: list[sql.SqliteJob] = []
     ids = []
     for scope, sid, items in parts:
         bump, params = bump_statement(backend, scope, sid, len(items), None, None, now, False)
@@ -499,52 +498,13 @@ async def sqlite_write_sessions(
         ]
         jobs.append((bump, params, rows))
         ids.append(part_ids)
-    counters = await sql.sqlite_in_thread(db, _sqlite_parts, jobs)
+    counters = await sql.sqlite_in_thread(db, sql.sqlite_write_parts, jobs)
     return [
         None
         if found is None
         else _turn_records(sid, items, part_ids, None, part_ids[0], found, now)[0]
         for (_, sid, items), part_ids, found in zip(parts, ids, counters, strict=True)
     ]
-
-
-def _sqlite_parts(
-    conn: sqlite3.Connection,
-    jobs: Sequence[tuple[str, Sequence[Any], Sequence[tuple[Any, Any, str, str, str, Any]]]],
-) -> list[tuple[int, int] | None]:
-    """:func:`sqlite_write_sessions` in the worker thread: BEGIN IMMEDIATE, per job a savepoint
-    with its bump and inserts, COMMIT. A job whose bump matched no row or whose statements
-    failed is rolled back to its savepoint (``None``); the others commit."""
-    found: list[tuple[int, int] | None] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for bump, params, rows in jobs:
-            conn.execute("SAVEPOINT part")
-            try:
-                bumped = conn.execute(bump, params).fetchall()
-                if bumped:
-                    last_seq, version = int(bumped[0][0]), int(bumped[0][1])
-                    first = last_seq - len(rows) + 1
-                    conn.executemany(
-                        sql.insert_message_sql("?"),
-                        [
-                            (r[0], r[1], first + i, r[2], r[3], r[4], r[5])
-                            for i, r in enumerate(rows)
-                        ],
-                    )
-                    found.append((last_seq, version))
-                else:
-                    found.append(None)
-                    conn.execute("ROLLBACK TO part")
-            except sqlite3.DatabaseError:
-                found.append(None)
-                conn.execute("ROLLBACK TO part")
-            conn.execute("RELEASE part")
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return found
 
 
 def bump_statement(

@@ -164,12 +164,10 @@ class StoreCore:
             )
             return await self._keyed_write(sid, items, state, expected_version, action, call)
         if backend.lean_writes:
-            # One trip each, the transaction's end included: SQLite hands the whole
-            # transaction to its driver thread in one hop, PostgreSQL runs the turn as one
-            # statement in autocommit (atomic on its own), MySQL sends bump, inserts and
-            # COMMIT as one text. A connection lost during that trip leaves the outcome
-            # unknown (BackendError.outcome_unknown; an idempotency key makes the retry safe),
-            # as a lost COMMIT would.
+            # SQLite hands the whole transaction to its driver thread in one hop; PostgreSQL
+            # runs the turn as one statement in autocommit, and redoes it in BEGIN ... COMMIT
+            # when the session's row is locked (see writes.lean_turn); MySQL writes in
+            # BEGIN ... COMMIT.
             write, own_transaction = writes.lean_turn(backend)
             args = (backend, scope, sid, items, state, expected_version)
             run = functools.partial(self._run, write=True, action=action, lean=True, span=span)
